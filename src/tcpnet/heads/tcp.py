@@ -1,0 +1,88 @@
+"""TCP head (SPEC §1): channel reductions, temporal attention (TSA, TCA, circular temporal
+convolution) and temporal covariance pooling with the Newton-Schulz matrix square root."""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from tcpnet.heads.attention import TemporalAttention
+from tcpnet.heads.gcp import GCPHead, check_frame_batch
+from tcpnet.ops import isqrt_cov
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TCPHead"]
+
+LEVELS = ("video", "frame")
+
+
+class TCPHead(GCPHead):
+    """Temporal-attentive covariance pooling: (N*T, C, H, W) -> (N, dim(dim+1)/2).
+
+    Sub-module names equal the authors' (``layer_reduce1``, ``layer_reduce_bn1``,
+    ``layer_reduce2``, ``layer_reduce_bn2``, ``TCP_att.{TCA,conv_1d,TSA}``) so their weights load
+    after stripping the ``TCP.`` prefix. With all three attention flags off ``TCP_att`` is an
+    identity without keys and the head equals :class:`GCPHead` (plain iSQRT-COV over the clip).
+
+    ``level="video"`` (published): one covariance over all T*H*W positions of a clip.
+    ``level="frame"``: one covariance per frame over its H*W positions; the T vectors are averaged
+    so the output stays (N, D). Because the classifier is linear, this gives the same logits as
+    averaging per-frame logits (what the authors' frame-level mode intended, SPEC §1.8).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 2048,
+        dim: int = 128,
+        num_segments: int = 8,
+        mid_channels: int = 256,
+        spatial_attention: bool = True,
+        channel_attention: bool = True,
+        temporal_conv: bool = True,
+        iters: int = 3,
+        level: str = "video",
+    ) -> None:
+        if level not in LEVELS:
+            raise ValueError(f"TCPHead: level must be one of {LEVELS}, got {level!r}")
+        if num_segments < 1:
+            raise ValueError(f"TCPHead: num_segments must be >= 1, got {num_segments}")
+        super().__init__(in_channels, dim=dim, mid_channels=mid_channels, iters=iters)
+        self.num_segments = num_segments
+        self.level = level
+        if spatial_attention or channel_attention or temporal_conv:
+            self.TCP_att: nn.Module = TemporalAttention(
+                dim,
+                num_segments,
+                spatial_attention=spatial_attention,
+                channel_attention=channel_attention,
+                temporal_conv=temporal_conv,
+            )
+        else:
+            self.TCP_att = nn.Identity()
+
+    def reset_parameters(self) -> None:
+        """Published init (SPEC §1.9): reductions Kaiming(fan_out) with BN 1/0, then the
+        attention module's own init, so that ``TCP_att(x) == x`` at construction."""
+        super().reset_parameters()
+        att = getattr(self, "TCP_att", None)  # absent while GCPHead.__init__ runs
+        if isinstance(att, TemporalAttention):
+            att.reset_parameters()
+
+    def attend(self, x: torch.Tensor, num_segments: int) -> torch.Tensor:
+        """Apply ``TCP_att`` to reduced features (N*T, dim, H, W)."""
+        if isinstance(self.TCP_att, TemporalAttention):
+            return self.TCP_att(x, num_segments)
+        return x
+
+    def forward(self, x: torch.Tensor, num_segments: int) -> torch.Tensor:
+        n = check_frame_batch(x, num_segments, self.in_channels, "TCPHead")
+        z = self.attend(self.reduce(x), num_segments)
+        if self.level == "video":
+            return self.pool(z, num_segments)
+        frames = isqrt_cov(z.flatten(2), iters=self.iters)  # (N*T, D), covariance per frame
+        return frames.view(n, num_segments, -1).mean(dim=1)
+
+    def extra_repr(self) -> str:
+        return f"out_dim={self.out_dim}, num_segments={self.num_segments}, iters={self.iters}, level={self.level!r}"
