@@ -1,0 +1,613 @@
+"""Dataset preparation tools (SPEC §6): frame extraction, re-encoding, list files, Mini-Kinetics-200.
+
+Every tool walks a class-per-folder tree (``<root>/<class_name>/<video>``), shows a tqdm bar,
+logs what it skips or fails, never stops on one bad video, and returns a :class:`PrepareSummary`
+(done / skipped / failed counts and the failed paths with their errors).  Outputs are written
+under a temporary name and renamed when complete, so an interrupted run resumes by skipping
+what exists.  ``write_video`` is the project's H.264 writer (also used by the synthetic data).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from fractions import Fraction
+from multiprocessing import get_all_start_methods, get_context
+from multiprocessing.context import BaseContext
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
+
+import av
+import numpy as np
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+DEFAULT_FRAME_TEMPLATE = "img_{:05d}.jpg"
+
+
+@dataclass
+class PrepareSummary:
+    """What a tool did: counts of done / skipped / failed items, the failures and tool-specific numbers."""
+
+    tool: str
+    done: int = 0
+    skipped: int = 0
+    failed_paths: list[tuple[str, str]] = field(default_factory=list)  # (path, error message)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        return len(self.failed_paths)
+
+    def __str__(self) -> str:
+        return f"{self.tool}: {self.done} done, {self.skipped} skipped, {self.failed} failed"
+
+
+# -------------------------------------------------------------------------------- H.264 writer
+def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """BT.601 limited-range YUV 4:2:0 of a uint8 (H, W, 3) frame (H, W even), as PyAV's
+    (H * 3 // 2, W) yuv420p array.  Done in NumPy so encoding is bit-reproducible."""
+    h, w, _ = rgb.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"yuv420p needs even width and height, got {w}x{h}")
+    x = rgb.astype(np.float32)
+    y = 16.0 + 0.256788 * x[..., 0] + 0.504129 * x[..., 1] + 0.097906 * x[..., 2]
+    sub = x.reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3))
+    u = 128.0 - 0.148223 * sub[..., 0] - 0.290993 * sub[..., 1] + 0.439216 * sub[..., 2]
+    v = 128.0 + 0.439216 * sub[..., 0] - 0.367788 * sub[..., 1] - 0.071427 * sub[..., 2]
+    planes = [np.clip(np.rint(p), 0, 255).astype(np.uint8).ravel() for p in (y, u, v)]
+    return np.concatenate(planes).reshape(h * 3 // 2, w)
+
+
+class H264Writer:
+    """Write frames to an mp4 (libx264, yuv420p, fixed keyframe interval ``gop``, no scene-cut
+    keyframes).  ``reproducible`` encodes single-threaded without x264's macroblock-tree rate
+    control: with mbtree on, identical input gave different bytes from run to run (measured with
+    x264 core 165, threads=1, in ~half of small clips after other allocations; asm=0 or
+    no-mbtree removes it), so the synthetic data turns it off."""
+
+    def __init__(self, path: PathLike, width: int, height: int, fps: Union[int, Fraction] = 25,
+                 crf: int = 23, gop: int = 16, preset: str = "medium", reproducible: bool = True):
+        if width % 2 or height % 2:
+            raise ValueError(f"{os.fspath(path)}: yuv420p H.264 needs even width and height, got {width}x{height}")
+        if gop < 1:
+            raise ValueError(f"gop must be >= 1, got {gop}")
+        self.path = os.fspath(path)
+        self.width, self.height = width, height
+        self.container = av.open(self.path, "w")
+        x264_params = f"keyint={gop}:min-keyint={gop}:scenecut=0" + (":no-mbtree=1" if reproducible else "")
+        options = {"crf": str(crf), "preset": preset, "threads": "1" if reproducible else "0",
+                   "x264-params": x264_params}
+        self.stream = self.container.add_stream("libx264", rate=fps, options=options)
+        self.stream.width, self.stream.height = width, height
+        self.stream.pix_fmt = "yuv420p"
+        self.time_base = 1 / Fraction(fps)
+        self.num_frames = 0
+
+    def write(self, frame: Union[np.ndarray, av.VideoFrame]) -> None:
+        """Append one frame: a uint8 RGB (H, W, 3) array or an av.VideoFrame of the right size."""
+        if isinstance(frame, np.ndarray):
+            if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
+                raise ValueError(f"{self.path}: expected uint8 frame of shape {(self.height, self.width, 3)}, "
+                                 f"got {frame.dtype} {frame.shape}")
+            frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")
+        # renumber: constant frame rate output, frame i at i / fps
+        frame.pts = self.num_frames
+        frame.time_base = self.time_base
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+        self.num_frames += 1
+
+    def close(self) -> None:
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()
+
+    def __enter__(self) -> "H264Writer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.container.close()
+
+
+def _part_path(path: Path) -> Path:
+    """Temporary sibling name, same suffix (the muxer picks the format from it)."""
+    return path.with_name(f"{path.stem}.part{path.suffix}")
+
+
+def write_video(path: PathLike, frames: np.ndarray, fps: int = 25, crf: int = 20, gop: int = 8,
+                preset: str = "medium") -> Path:
+    """Encode uint8 RGB frames (T, H, W, 3) into an H.264 mp4 at ``path`` (written atomically,
+    byte-reproducible: see H264Writer)."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"{os.fspath(path)}: frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    path = Path(path)
+    tmp = _part_path(path)
+    try:
+        with H264Writer(tmp, frames.shape[2], frames.shape[1], fps=fps, crf=crf, gop=gop, preset=preset) as w:
+            for f in frames:
+                w.write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# ------------------------------------------------------------------------------------ helpers
+def find_videos(root: PathLike, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[Path]:
+    """Video files anywhere under ``root`` (sorted, relative order stable), skipping our ``.part`` files."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: video root is not a directory")
+    exts = tuple(e.lower() for e in extensions)
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts
+                  and not p.stem.endswith(".part"))
+
+
+def _scaled_size(width: int, height: int, short_side: Optional[int], even: bool) -> tuple[int, int]:
+    """(width, height) with the shorter side = ``short_side`` keeping the aspect ratio (None: unchanged)."""
+    if short_side is None:
+        w, h = width, height
+    else:
+        scale = short_side / min(width, height)
+        w, h = (short_side, round(height * scale)) if width <= height else (round(width * scale), short_side)
+    if even:
+        w, h = w + (w % 2), h + (h % 2)
+    return max(w, 2 if even else 1), max(h, 2 if even else 1)
+
+
+def _sanitize(rel: Path, replace_spaces: bool) -> Path:
+    return Path(*[part.replace(" ", "_") for part in rel.parts]) if replace_spaces else rel
+
+
+def mp_context() -> BaseContext:
+    """Process start method for the tools' workers: "fork" when available and the parent runs no
+    other Python threads but tqdm's idle monitor (cheap, works from scripts fed on stdin), else
+    "spawn".  The workers only use NumPy, PyAV and Pillow, never torch, and do not log."""
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and t.name != "tqdm_monitor"]
+    if "fork" in get_all_start_methods() and not others:
+        return get_context("fork")
+    return get_context("spawn")
+
+
+def _run(fn: Callable[[Any], tuple], jobs: Sequence[Any], workers: int, desc: str,
+         progress: bool) -> Iterator[tuple]:
+    """Apply ``fn`` to every job, in order, on ``workers`` processes, with a progress bar."""
+    parallel = workers > 1 and len(jobs) > 1
+    ctx = mp_context() if parallel else None
+    bar = tqdm(total=len(jobs), desc=desc, unit="file", disable=not progress)
+    try:
+        if not parallel:
+            for job in jobs:
+                yield fn(job)
+                bar.update()
+        else:
+            with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
+                for result in ex.map(fn, jobs):
+                    yield result
+                    bar.update()
+    finally:
+        bar.close()
+
+
+def _default_workers(workers: Optional[int]) -> int:
+    return max(1, min(4, os.cpu_count() or 1)) if workers is None else max(1, int(workers))
+
+
+def _collect(summary: PrepareSummary, results: Iterable[tuple]) -> list[tuple]:
+    """Count (status, path, payload) results into ``summary``; log each failure. Returns the 'done' ones."""
+    done = []
+    for status, path, payload in results:
+        if status == "done":
+            summary.done += 1
+            done.append((path, payload))
+        elif status == "skipped":
+            summary.skipped += 1
+        else:
+            summary.failed_paths.append((path, payload))
+            logger.warning("%s: %s failed: %s", summary.tool, path, payload)
+    logger.info("%s", summary)
+    return done
+
+
+# ----------------------------------------------------------------------------- extract_frames
+def _extract_one(job: tuple[str, str, Optional[int], str, int]) -> tuple[str, str, Any]:
+    src, dst, short_side, template, quality = job
+    from PIL import Image
+
+    dst_dir = Path(dst)
+    tmp = dst_dir.with_name(dst_dir.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        n = 0
+        with av.open(src) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in container.decode(stream):
+                w, h = _scaled_size(frame.width, frame.height, short_side, even=False)
+                rgb = frame.reformat(width=w, height=h, format="rgb24", interpolation="BICUBIC").to_ndarray()
+                n += 1
+                Image.fromarray(rgb).save(tmp / template.format(n), quality=quality)
+        if n == 0:
+            raise ValueError("no frames decoded")
+        os.replace(tmp, dst_dir)
+        return ("done", src, n)
+    except Exception as err:  # noqa: BLE001 - a bad video is a reported failure, never fatal
+        return ("failed", src, f"{type(err).__name__}: {err}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def extract_frames(
+    video_root: PathLike,
+    frame_root: PathLike,
+    short_side: Optional[int] = 256,
+    template: str = DEFAULT_FRAME_TEMPLATE,
+    quality: int = 95,
+    workers: Optional[int] = None,
+    *,
+    extensions: Sequence[str] = VIDEO_EXTENSIONS,
+    replace_spaces: bool = True,
+    progress: bool = True,
+) -> PrepareSummary:
+    """Decode every video of a class-per-folder tree to the TCPNet frame layout:
+    ``<frame_root>/<class>/<video stem>/img_00001.jpg ...`` (1-based), shorter side ``short_side``
+    (up- or down-scaled, bicubic; None keeps the size), JPEG ``quality``.  A folder that already
+    exists counts as done and is skipped; corrupt videos are reported in the summary.
+    ``replace_spaces`` turns spaces in class/video names into '_' (list files cannot hold spaces)."""
+    try:
+        template.format(1)
+    except (IndexError, KeyError, ValueError) as err:
+        raise ValueError(f"template {template!r} must format one integer, e.g. 'img_{{:05d}}.jpg'") from err
+    video_root, frame_root = Path(video_root), Path(frame_root)
+    summary = PrepareSummary("extract_frames")
+    jobs = []
+    for src in find_videos(video_root, extensions):
+        dst = frame_root / _sanitize(src.relative_to(video_root).with_suffix(""), replace_spaces)
+        if dst.is_dir() and any(dst.iterdir()):
+            summary.skipped += 1
+            continue
+        jobs.append((str(src), str(dst), short_side, template, int(quality)))
+    logger.info("extract_frames: %d videos to decode into %s (%d already extracted)", len(jobs), frame_root,
+                summary.skipped)
+    done = _collect(summary, _run(_extract_one, jobs, _default_workers(workers), "extract frames", progress))
+    summary.extra["frames"] = sum(n for _, n in done)
+    return summary
+
+
+# ----------------------------------------------------------------------------- reencode_videos
+def _reencode_one(job: tuple[str, str, Optional[int], int, int, str]) -> tuple[str, str, Any]:
+    src, dst, short_side, gop, crf, preset = job
+    dst_path = Path(dst)
+    tmp = _part_path(dst_path)
+    try:
+        with av.open(src) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+            writer = None
+            try:
+                for frame in container.decode(stream):
+                    if writer is None:
+                        w, h = _scaled_size(frame.width, frame.height, short_side, even=True)
+                        writer = H264Writer(tmp, w, h, fps=Fraction(rate).limit_denominator(1001), crf=crf,
+                                            gop=gop, preset=preset, reproducible=False)
+                    writer.write(frame.reformat(width=writer.width, height=writer.height, format="yuv420p",
+                                                interpolation="BICUBIC"))
+                if writer is None:
+                    raise ValueError("no frames decoded")
+                writer.close()
+            except BaseException:
+                if writer is not None:
+                    writer.container.close()
+                raise
+        os.replace(tmp, dst_path)
+        return ("done", src, (writer.num_frames, os.path.getsize(src), os.path.getsize(dst_path)))
+    except Exception as err:  # noqa: BLE001 - a bad video is a reported failure, never fatal
+        return ("failed", src, f"{type(err).__name__}: {err}")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def reencode_videos(
+    src_root: PathLike,
+    dst_root: PathLike,
+    short_side: Optional[int] = 256,
+    gop: int = 16,
+    crf: int = 23,
+    workers: Optional[int] = None,
+    *,
+    preset: str = "medium",
+    extensions: Sequence[str] = VIDEO_EXTENSIONS,
+    replace_spaces: bool = True,
+    progress: bool = True,
+) -> PrepareSummary:
+    """Re-encode a video tree to H.264 mp4 (yuv420p) with shorter side ``short_side`` and a keyframe
+    every ``gop`` frames, so that random access (TSN sampling) seeks cheaply.  Keeps the tree,
+    writes ``.mp4`` names, keeps every frame at the source's average rate (constant frame rate),
+    drops audio.  Existing outputs are skipped.  ``extra`` holds frames and bytes before/after."""
+    src_root, dst_root = Path(src_root), Path(dst_root)
+    summary = PrepareSummary("reencode_videos")
+    jobs = []
+    for src in find_videos(src_root, extensions):
+        dst = dst_root / _sanitize(src.relative_to(src_root).with_suffix(".mp4"), replace_spaces)
+        if dst.exists():
+            summary.skipped += 1
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        jobs.append((str(src), str(dst), short_side, int(gop), int(crf), preset))
+    done = _collect(summary, _run(_reencode_one, jobs, _default_workers(workers), "re-encode", progress))
+    before = sum(b for _, (_, b, _) in done)
+    after = sum(a for _, (_, _, a) in done)
+    summary.extra.update(frames=sum(n for _, (n, _, _) in done), bytes_before=before, bytes_after=after)
+    logger.info("reencode_videos: %.1f MB -> %.1f MB", before / 1e6, after / 1e6)
+    return summary
+
+
+# ---------------------------------------------------------------------------------- build_list
+def _normalize_name(name: str) -> str:
+    return name.strip().replace(" ", "_")
+
+
+def _read_names(path: PathLike) -> list[str]:
+    names = []
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            name = line.strip()
+            if not name:
+                raise ValueError(f"{os.fspath(path)}:{i}: empty class name (expected one name per line)")
+            names.append(name)
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"{os.fspath(path)}: duplicate class names {dup}")
+    return names
+
+
+def _count_one(job: tuple[str, str, str]) -> tuple[str, str, Any]:
+    path, kind, template = job
+    try:
+        if kind == "frames":
+            from tcpnet.data.frames import count_frames
+
+            n = count_frames(path, template)
+            pattern = re.compile(re.sub(r"\\\{[^}]*\\\}", r"\\d+", re.escape(template)) + "$")
+            total = sum(1 for name in os.listdir(path) if pattern.match(name))
+            if n != total:
+                return ("failed", path, f"{total} frame files but only {template.format(1)}.."
+                                        f"{template.format(n)} are consecutive")
+        else:
+            from tcpnet.data.clip import probe
+
+            n = probe(path).num_frames
+        if n < 1:
+            return ("failed", path, "no frames")
+        return ("done", path, n)
+    except Exception as err:  # noqa: BLE001 - any reader error is a failed entry, reported with its type
+        return ("failed", path, f"{type(err).__name__}: {err}")
+
+
+def build_list(
+    root: PathLike,
+    out_file: PathLike,
+    *,
+    kind: str = "video",
+    label_file: Optional[PathLike] = None,
+    class_file: Optional[PathLike] = None,
+    extensions: Optional[Sequence[str]] = None,
+    template: str = DEFAULT_FRAME_TEMPLATE,
+    allow_whitespace: bool = False,
+    workers: Optional[int] = 1,
+    progress: bool = True,
+) -> PrepareSummary:
+    """Write a list file (``<path relative to root> <num_frames> <label>`` per line, SPEC §5.1) for a
+    class-per-folder tree of videos (``kind="video"``: exact frame counts from the packet index)
+    or frame folders (``kind="frames"``: ``<class>/<video>/`` with consecutive ``template`` images).
+
+    Labels come from ``label_file`` (one class name per line, line i = label i; folder names match
+    with spaces and '_' treated alike) or, without it, from the sorted class folder names, which
+    are then written to ``class_file`` (default: ``classes.txt`` beside ``out_file``).  Paths with
+    whitespace are left out and reported (the published reader splits on spaces) unless
+    ``allow_whitespace`` (tcpnet's reader takes the last two fields as the numbers)."""
+    if kind not in ("video", "frames"):
+        raise ValueError(f"kind must be 'video' or 'frames', got {kind!r}")
+    root, out_file = Path(root), Path(out_file)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: dataset root is not a directory")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    if label_file is not None:
+        names = _read_names(label_file)
+        index = {_normalize_name(n): i for i, n in enumerate(names)}
+        unknown = [d.name for d in class_dirs if _normalize_name(d.name) not in index]
+        if unknown:
+            raise ValueError(f"{root}: class folders {unknown[:10]} are not in the label file {label_file} "
+                             f"({len(unknown)} unknown)")
+        labels = {d.name: index[_normalize_name(d.name)] for d in class_dirs}
+    else:
+        names = [d.name for d in class_dirs]
+        labels = {n: i for i, n in enumerate(names)}
+        class_file = Path(class_file) if class_file is not None else out_file.with_name("classes.txt")
+    if not class_dirs:
+        raise ValueError(f"{root}: no class folders found")
+
+    summary = PrepareSummary("build_list")
+    items = []  # (absolute path, label)
+    for d in class_dirs:
+        if kind == "video":
+            exts = tuple(e.lower() for e in (extensions or VIDEO_EXTENSIONS))
+            entries = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in exts
+                             and not p.stem.endswith(".part"))
+        else:
+            entries = sorted(p for p in d.iterdir() if p.is_dir() and not p.name.endswith(".part"))
+        items += [(p, labels[d.name]) for p in entries]
+    jobs, keep = [], []
+    for p, label in items:
+        rel = p.relative_to(root).as_posix()
+        if not allow_whitespace and any(c.isspace() for c in rel):
+            summary.failed_paths.append((str(p), "path contains whitespace, which the list format cannot hold "
+                                                 "(rename it, e.g. extract_frames(replace_spaces=True))"))
+            logger.warning("build_list: %s: path contains whitespace; left out", p)
+            continue
+        jobs.append((str(p), kind, template))
+        keep.append((rel, label))
+    counts = dict(_collect(summary, _run(_count_one, jobs, _default_workers(workers), "count frames", progress)))
+    lines = [f"{rel} {counts[path]} {label}\n" for (rel, label), (path, _, _) in zip(keep, jobs) if path in counts]
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text("".join(lines))
+    if class_file is not None:
+        text = "".join(f"{n}\n" for n in names)
+        class_file = Path(class_file)
+        if label_file is None and class_file.exists() and class_file.read_text() != text:
+            raise ValueError(f"{class_file}: exists with different class names than the folders of {root}; "
+                             "pass label_file=... so that all lists share one label order")
+        class_file.write_text(text)
+    summary.extra.update(out_file=str(out_file), class_file=str(class_file) if class_file else None,
+                         num_classes=len(names), num_lines=len(lines))
+    logger.info("build_list: wrote %d lines to %s (%d classes)", len(lines), out_file, len(names))
+    return summary
+
+
+# ------------------------------------------------------------------------- Mini-Kinetics-200
+_KINETICS_NAME = re.compile(r"^(?P<ytid>[A-Za-z0-9_-]{11})_\d+_\d+$")
+
+
+def kinetics_ytid(path: str) -> str:
+    """The YouTube id of a Kinetics clip path ``.../<ytid>_<start>_<end>[.mp4]`` (its first 11 chars)."""
+    name = Path(path).name
+    if Path(name).suffix.lower() in VIDEO_EXTENSIONS:
+        name = Path(name).stem
+    m = _KINETICS_NAME.match(name)
+    if m is None and len(name) < 11:
+        raise ValueError(f"{path!r}: expected a Kinetics name '<11-char ytid>_<start>_<end>'")
+    return m.group("ytid") if m else name[:11]
+
+
+def _read_list(path: PathLike) -> list[tuple[str, int, int]]:
+    rows = []
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            fields = line.strip().split(" ")
+            if fields == [""]:
+                continue
+            if len(fields) != 3:
+                raise ValueError(f"{os.fspath(path)}:{i}: expected 'path num_frames label', got {len(fields)} fields")
+            try:
+                rows.append((fields[0], int(fields[1]), int(fields[2])))
+            except ValueError as err:
+                raise ValueError(f"{os.fspath(path)}:{i}: num_frames and label must be integers, "
+                                 f"got {fields[1]!r} {fields[2]!r}") from err
+    return rows
+
+
+def make_mini_kinetics200(
+    k400_list: PathLike,
+    ytid_list: PathLike,
+    out_list: PathLike,
+    class_map_out: Optional[PathLike] = None,
+    *,
+    class_map_in: Optional[PathLike] = None,
+    k400_classes: Optional[PathLike] = None,
+    classes_out: Optional[PathLike] = None,
+    expected_classes: int = 200,
+) -> PrepareSummary:
+    """Mini-Kinetics-200 list from a Kinetics-400 list (SPEC §6.2 route A): keep the lines whose
+    YouTube id is in ``ytid_list`` (one id per line) and relabel them 0..N-1.
+
+    Label order: the kept K400 labels sorted ascending (so K400's alphabetical class order is kept);
+    the mapping is written to ``class_map_out`` as ``<k400_label> <k200_label>`` lines.  Pass the
+    train split's map as ``class_map_in`` when making the val list so both use the same labels.
+    ``k400_classes``/``classes_out`` optionally write the 200 class names.  Ids not found are
+    reported in ``extra["missing_ids"]`` (and counted as failed)."""
+    rows = _read_list(k400_list)
+    wanted: list[str] = []
+    with open(ytid_list) as f:
+        for i, line in enumerate(f, 1):
+            token = line.strip().split(" ")[0].split(",")[0]
+            if token:
+                wanted.append(kinetics_ytid(token) if len(token) > 11 else token)
+    wanted_set = set(wanted)
+    kept = [(p, n, lab) for p, n, lab in rows if kinetics_ytid(p) in wanted_set]
+    found = {kinetics_ytid(p) for p, _, _ in kept}
+    missing = sorted(wanted_set - found)
+
+    if class_map_in is not None:
+        mapping = {}
+        for old, new in ((int(a), int(b)) for a, b in (ln.split() for ln in Path(class_map_in).read_text().splitlines()
+                                                        if ln.strip())):
+            mapping[old] = new
+        bad = sorted({lab for _, _, lab in kept if lab not in mapping})
+        if bad:
+            raise ValueError(f"{class_map_in}: K400 labels {bad[:10]} of kept lines have no K200 label")
+    else:
+        mapping = {old: new for new, old in enumerate(sorted({lab for _, _, lab in kept}))}
+    if len(mapping) != expected_classes:
+        logger.warning("make_mini_kinetics200: %d classes (expected %d)", len(mapping), expected_classes)
+
+    Path(out_list).write_text("".join(f"{p} {n} {mapping[lab]}\n" for p, n, lab in kept))
+    if class_map_out is not None:
+        Path(class_map_out).write_text("".join(f"{o} {n}\n" for o, n in sorted(mapping.items())))
+    if classes_out is not None:
+        if k400_classes is None:
+            raise ValueError("classes_out needs k400_classes (the K400 class names, one per line)")
+        k400 = _read_names(k400_classes)
+        inverse = sorted(mapping.items(), key=lambda kv: kv[1])
+        Path(classes_out).write_text("".join(f"{k400[o]}\n" for o, _ in inverse))
+    summary = PrepareSummary("make_mini_kinetics200", done=len(kept), skipped=len(rows) - len(kept),
+                             failed_paths=[(y, "YouTube id not found in the K400 list") for y in missing])
+    summary.extra.update(missing_ids=missing, num_classes=len(mapping), label_map=mapping,
+                         num_ids=len(wanted_set))
+    if missing:
+        logger.warning("make_mini_kinetics200: %d of %d ids not found in %s", len(missing), len(wanted_set),
+                       k400_list)
+    logger.info("%s; %d classes -> %s", summary, len(mapping), out_list)
+    return summary
+
+
+# -------------------------------------------------------------------------------- scan_videos
+def _scan_one(job: tuple[str, bool]) -> tuple[str, str, Any]:
+    path, full_decode = job
+    try:
+        if full_decode:
+            n = 0
+            with av.open(path) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                for _ in container.decode(stream):
+                    n += 1
+        else:
+            from tcpnet.data.clip import probe
+
+            n = probe(path).num_frames
+        if n < 1:
+            return ("failed", path, "no frames")
+        return ("done", path, n)
+    except Exception as err:  # noqa: BLE001 - every reader error marks the file corrupt, with its type
+        return ("failed", path, f"{type(err).__name__}: {err}")
+
+
+def scan_videos(
+    root: PathLike,
+    *,
+    full_decode: bool = False,
+    extensions: Sequence[str] = VIDEO_EXTENSIONS,
+    workers: Optional[int] = 1,
+    progress: bool = True,
+) -> list[tuple[str, str]]:
+    """Find unreadable videos under ``root``: ``[(path, error)]``.  By default a file passes if its
+    packet index can be built (``tcpnet.data.clip.probe``); ``full_decode`` decodes every frame."""
+    jobs = [(str(p), full_decode) for p in find_videos(root, extensions)]
+    summary = PrepareSummary("scan_videos")
+    _collect(summary, _run(_scan_one, jobs, _default_workers(workers), "scan videos", progress))
+    return summary.failed_paths
