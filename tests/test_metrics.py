@@ -1,0 +1,81 @@
+"""Metrics and view fusion on hand-made numbers."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tcpnet.engine.evaluate import evaluate, fuse_views
+from tcpnet.engine.metrics import (average_precision, class_ranks, classification_metrics, confusion_matrix,
+                                   mean_average_precision, mean_class_accuracy, topk_accuracy)
+
+
+def test_fusion_max_and_mean_prob():
+    # one video, two views, three classes; logits chosen so the softmaxes are simple
+    p1 = torch.tensor([0.7, 0.2, 0.1])
+    p2 = torch.tensor([0.1, 0.5, 0.4])
+    logits = torch.stack([p1.log(), p2.log()]).unsqueeze(0)  # (1, 2, 3)
+    torch.testing.assert_close(fuse_views(logits, "max-prob"), torch.tensor([[0.7, 0.5, 0.4]]))
+    torch.testing.assert_close(fuse_views(logits, "mean-prob"), torch.tensor([[0.4, 0.35, 0.25]]))
+    torch.testing.assert_close(fuse_views(logits, "mean-logit"), ((p1.log() + p2.log()) / 2).unsqueeze(0))
+    # max-prob and mean-prob can disagree: one confident view wins under max-prob only
+    views = torch.tensor([[0.95, 0.05, 1e-6], [0.1, 0.5, 0.4], [1e-6, 0.6, 0.4]])
+    lg = views.log().unsqueeze(0)
+    assert fuse_views(lg, "max-prob").argmax().item() == 0   # 0.95
+    assert fuse_views(lg, "mean-prob").argmax().item() == 1  # 0.383 > 0.350
+    with pytest.raises(ValueError, match="fusion"):
+        fuse_views(logits, "vote")
+
+
+def test_topk_with_ties_lower_index_wins():
+    scores = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.1, 0.2, 0.7]])
+    targets = torch.tensor([0, 1, 0])
+    # row 0: target 0 ties with class 1 and wins (lower index); row 1: target 1 loses the tie
+    assert class_ranks(scores, targets).tolist() == [0, 1, 2]
+    acc = topk_accuracy(scores, targets, ks=(1, 2, 3))
+    assert acc[1] == pytest.approx(100 / 3) and acc[2] == pytest.approx(200 / 3) and acc[3] == 100
+    assert scores.argmax(1).tolist() == [0, 0, 2]  # consistent with argmax / confusion matrix
+
+
+def test_confusion_and_mean_class_accuracy():
+    targets = torch.tensor([0, 0, 0, 1, 2, 2])
+    preds = torch.tensor([0, 0, 1, 1, 0, 2])
+    cm = confusion_matrix(targets, preds, 4)
+    assert cm.tolist() == [[2, 1, 0, 0], [0, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
+    # per class 2/3, 1, 1/2; class 3 has no samples and is skipped (not NaN)
+    assert mean_class_accuracy(cm) == pytest.approx(100 * (2 / 3 + 1 + 0.5) / 3)
+
+
+def test_average_precision_hand_computed():
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5])
+    pos = torch.tensor([1, 0, 1, 0, 1])
+    # precision at the positives' ranks: 1/1, 2/3, 3/5
+    assert average_precision(scores, pos) == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
+    assert math.isnan(average_precision(scores, torch.zeros(5)))
+    # mAP over classes with a positive: class 2 has none and is left out
+    s = torch.tensor([[0.9, 0.1, 0.3], [0.2, 0.8, 0.1], [0.6, 0.4, 0.2]])
+    y = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 1, 0]])
+    ap0 = 1.0  # ranks 0.9, 0.6, 0.2 -> positive first
+    ap1 = (1 / 1 + 2 / 2) / 2  # 0.8 (pos), 0.4 (pos), 0.1
+    assert mean_average_precision(s, y) == pytest.approx(100 * (ap0 + ap1) / 2)
+    m = classification_metrics(s, y, 3)
+    assert m["mAP"] == pytest.approx(100.0) and m["num_videos"] == 3
+
+
+def test_evaluate_fuses_views_and_counts_videos():
+    class Fixed(torch.nn.Module):  # logits = mean pixel of channel c per class: deterministic
+        def forward(self, x):
+            return x.mean(dim=(2, 3, 4))
+
+    torch.manual_seed(0)
+    clips = torch.randn(5, 2, 3, 2, 4, 4)  # 5 videos, 2 views, K = 3 "classes" (channels)
+    targets = torch.tensor([0, 1, 2, 0, 1])
+    loader = [(clips[:3], targets[:3]), (clips[3:], targets[3:])]
+    res = evaluate(Fixed(), loader, device=torch.device("cpu"), fusion="max-prob")
+    expect_logits = clips.mean(dim=(3, 4, 5))  # (5, 2, 3)
+    torch.testing.assert_close(res.view_logits, expect_logits)
+    torch.testing.assert_close(res.scores, expect_logits.softmax(-1).amax(1))
+    assert res.indices.tolist() == [0, 1, 2, 3, 4] and res.metrics["num_videos"] == 5
+    top1 = (res.scores.argmax(1) == targets).float().mean().item() * 100
+    assert res.metrics["top1"] == pytest.approx(top1)
+    assert res.metrics["confusion_matrix"].sum() == 5

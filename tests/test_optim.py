@@ -1,0 +1,99 @@
+"""Parameter groups (SPEC §4.1) and the lr schedules (§4.2) on the real TCP TSN-R50."""
+import math
+
+import pytest
+import torch
+
+from tcpnet.engine.optim import base_lr_at, build_optimizer, build_param_groups, set_lr
+from tcpnet.models import build_model
+
+# published counts for TCP-TSN-R50, K=400, default dims (SPEC §4.1)
+COUNTS_NPB = {"first_conv_weight": 1, "first_conv_bias": 0, "normal_weight": 54, "normal_bias": 0,
+              "BN scale/shift": 110, "LN scale/shift": 0, "TCP_weight": 6, "TCP_bias": 6,
+              "TCP_bn scale/shift": 2, "lr5_weight": 1, "lr10_bias": 1}
+MULTS = {"first_conv_weight": (1, 1), "first_conv_bias": (2, 0), "normal_weight": (1, 1), "normal_bias": (2, 0),
+         "BN scale/shift": (1, 0), "LN scale/shift": (1, 0), "TCP_weight": ("x", 1), "TCP_bias": ("x", 0),
+         "TCP_bn scale/shift": ("x", 1), "lr5_weight": ("x", 1), "lr10_bias": ("2x", 0)}
+
+
+@pytest.fixture(scope="module")
+def r50():
+    return build_model("tcp_tsn_r50", num_classes=400, num_segments=8)
+
+
+def _by_name(groups):
+    return {g["name"]: g for g in groups}
+
+
+def test_group_counts_and_multipliers(r50):
+    groups = _by_name(build_param_groups(r50, lr_x_factor=5, partial_bn=False))
+    assert list(groups) == list(COUNTS_NPB)  # the authors' order (resume needs it)
+    assert {n: len(g["params"]) for n, g in groups.items()} == COUNTS_NPB
+    for n, (lr_m, wd_m) in MULTS.items():
+        lr_m = {"x": 5.0, "2x": 10.0}.get(lr_m, lr_m)
+        assert (groups[n]["lr_mult"], groups[n]["decay_mult"]) == (lr_m, wd_m), n
+    # with npb every parameter is in exactly one group
+    ids = [id(p) for g in groups.values() for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(r50.parameters()))
+    names = {id(p): n for n, p in r50.named_parameters()}
+    assert [names[id(p)] for p in groups["first_conv_weight"]["params"]] == ["backbone.conv1.weight"]
+    assert {names[id(p)] for p in groups["TCP_bn scale/shift"]["params"]} == {
+        "head.TCP_att.TSA.norm.weight", "head.TCP_att.TSA.norm.bias"}
+    assert [names[id(p)] for p in groups["lr10_bias"]["params"]] == ["fc.bias"]
+    assert {"head.layer_reduce1.weight", "head.layer_reduce2.weight"} <= {
+        names[id(p)] for p in groups["normal_weight"]["params"]}
+
+
+def test_partial_bn_and_pretrained_dim(r50):
+    pbn = _by_name(build_param_groups(r50, lr_x_factor=5, partial_bn=True))
+    assert len(pbn["BN scale/shift"]["params"]) == 0
+    assert len(pbn["TCP_bn scale/shift"]["params"]) == 2 and len(pbn["normal_weight"]["params"]) == 54
+    # pretrained_dim != dim: layer_reduce2 / layer_reduce_bn2 move into the TCP groups
+    moved = _by_name(build_param_groups(r50, lr_x_factor=5, pretrained_dim=256))
+    assert len(moved["normal_weight"]["params"]) == 53 and len(moved["TCP_weight"]["params"]) == 7
+    assert len(moved["BN scale/shift"]["params"]) == 108 and len(moved["TCP_bn scale/shift"]["params"]) == 4
+
+
+def test_published_effective_learning_rates(r50):
+    # SPEC §4.4, TSN-R50 8f: backbone 0.015, TCP attention and fc.weight 0.075, fc.bias 0.15;
+    # x0.1 from epoch 20, x0.01 from epoch 40 (epochs counted from 0)
+    opt = build_optimizer(r50, lr=0.015, momentum=0.9, weight_decay=1e-4, lr_x_factor=5)
+    assert opt.defaults["momentum"] == 0.9 and not opt.defaults["nesterov"]
+    for epoch, factor in [(0, 1), (19, 1), (20, 0.1), (39, 0.1), (40, 0.01), (49, 0.01)]:
+        set_lr(opt, base_lr_at(epoch, lr=0.015, schedule="step", lr_steps=[20, 40], epochs=50))
+        g = _by_name(opt.param_groups)
+        assert g["normal_weight"]["lr"] == pytest.approx(0.015 * factor)
+        assert g["TCP_weight"]["lr"] == pytest.approx(0.075 * factor)
+        assert g["lr5_weight"]["lr"] == pytest.approx(0.075 * factor)
+        assert g["lr10_bias"]["lr"] == pytest.approx(0.15 * factor)
+        assert g["normal_weight"]["weight_decay"] == pytest.approx(1e-4)
+        assert g["TCP_bn scale/shift"]["weight_decay"] == pytest.approx(1e-4)  # weight-decayed (sic)
+        assert g["BN scale/shift"]["weight_decay"] == 0 and g["lr10_bias"]["weight_decay"] == 0
+
+
+def test_cosine_and_warmup():
+    assert base_lr_at(0, lr=0.1, schedule="cos", epochs=10) == pytest.approx(0.1)
+    assert base_lr_at(5, lr=0.1, schedule="cos", epochs=10) == pytest.approx(0.05)
+    assert base_lr_at(9, lr=0.1, schedule="cos", epochs=10) == pytest.approx(0.05 * (1 + math.cos(math.pi * 0.9)))
+    # linear warm-up over 2 epochs of 10 iterations: factor (global_iter + 1) / 20
+    kw = dict(lr=0.1, schedule="step", lr_steps=[5], epochs=10, warmup_epochs=2, iters_per_epoch=10)
+    assert base_lr_at(0, iteration=0, **kw) == pytest.approx(0.1 / 20)
+    assert base_lr_at(1, iteration=4, **kw) == pytest.approx(0.1 * 15 / 20)
+    assert base_lr_at(1, iteration=9, **kw) == pytest.approx(0.1)
+    assert base_lr_at(2, iteration=0, **kw) == pytest.approx(0.1)
+    assert base_lr_at(5, iteration=0, **kw) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        base_lr_at(0, lr=0.1, schedule="poly")
+
+
+def test_sgd_step_uses_group_multipliers():
+    # one SGD step on a tiny model: the fc bias moves 2*lr_x times as far as a backbone conv would
+    torch.manual_seed(0)
+    m = build_model("tcp_tiny", num_classes=3, num_segments=4)
+    opt = build_optimizer(m, lr=0.1, momentum=0.9, weight_decay=0.0, lr_x_factor=5)
+    for p in m.parameters():
+        p.grad = torch.ones_like(p)
+    before = m.fc.bias.detach().clone(), m.backbone.conv1.weight.detach().clone()
+    opt.step()
+    assert torch.allclose(before[0] - m.fc.bias, torch.full_like(before[0], 0.1 * 10))
+    assert torch.allclose(before[1] - m.backbone.conv1.weight, torch.full_like(before[1], 0.1))
