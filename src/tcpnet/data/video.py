@@ -163,6 +163,7 @@ class _Decoder:
         self.counting = counting  # number frames by counting (only valid without seeks)
         self.counted_keys: List[int] = []
         self.container = None
+        self._frames: Optional[Iterator[Tuple[int, av.VideoFrame]]] = None
         self.restart()
 
     def restart(self) -> None:
@@ -178,9 +179,19 @@ class _Decoder:
     def _start(self, packets: Iterator[av.Packet], first_index: int) -> None:
         self.low = first_index  # frames before this one are leading pictures after a seek
         self.next_index = first_index
+        self._close_frames()
         self._frames = self._decode(packets)
 
+    def _close_frames(self) -> None:
+        # A paused decode generator forms a reference cycle with this object and holds FFmpeg
+        # frames/threads; if a forked DataLoader worker's GC freed it, the worker would wait on
+        # threads that exist only in the parent (hang or crash). Close it deterministically.
+        if self._frames is not None:
+            self._frames.close()
+            self._frames = None
+
     def close(self) -> None:
+        self._close_frames()
         if self.container is not None:
             self.container.close()
             self.container = None

@@ -1,0 +1,285 @@
+"""`VideoDataset`: records -> (clip, target), reproducible per (seed, epoch, item), with a
+bad-video policy whose count survives DataLoader worker processes.
+
+Per item: the frame count (from the record, else probed once and cached per process), the
+sampler's frame indices, :func:`~tcpnet.data.load_clip` (decoders are opened per item, so the
+dataset pickles and works in any worker), the uint8 transform, the split into views and the
+model's normalisation (:class:`~tcpnet.input_config.InputConfig`).
+
+Reproducibility: with ``seed`` set, all random choices for item ``i`` in epoch ``e`` (temporal
+offsets, crop, flip, replacement of a bad video) come from ``np.random.default_rng([seed, e, i])``,
+so the same clips come out whatever the number of workers or the order of loading.
+
+Bad videos (``on_error="replace"``, training): a video that fails to decode
+(:class:`~tcpnet.data.DecodeError` or ``OSError``) is replaced by another item drawn from the
+same generator; its path is logged once (warning) and recorded; after
+``max_consecutive_failures`` failures in a row for one item a ``RuntimeError`` says so. The
+record of failures lives in shared-memory tensors (``share_memory_()``), which DataLoader
+workers inherit (fork) or receive by handle (spawn, through torch's multiprocessing pickler),
+so what workers write the main process reads: :meth:`VideoDataset.bad_items` after an epoch.
+The epoch number is shared the same way, so :meth:`set_epoch` reaches persistent workers too.
+With ``on_error="raise"`` (testing) the error propagates, naming the path.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from tcpnet.data.annotations import VideoRecord, multi_hot
+from tcpnet.data.clip import DEFAULT_FRAME_TEMPLATE, DecodeError, load_clip, probe
+from tcpnet.data.samplers import build_sampler
+from tcpnet.data.transforms import ClipTransform, build_transform, parse_views, to_float, to_views
+from tcpnet.input_config import InputConfig
+
+__all__ = ["VideoDataset", "BadItem"]
+
+logger = logging.getLogger(__name__)
+
+_LOAD_ERRORS = (DecodeError, OSError)
+
+
+@dataclass(frozen=True)
+class BadItem:
+    """A record that failed to load: its full path, the last epoch it failed in, and how many
+    times it failed in that epoch (it can be drawn again as a replacement)."""
+
+    index: int
+    path: str
+    epoch: int
+    failures: int
+
+
+class VideoDataset(Dataset):
+    """Map-style video dataset returning ``(clip, target)``.
+
+    ``clip``: float32 ``(3, T, H, W)`` normalised with ``input_config``, or ``(V, 3, T, H, W)``
+    when the sampler gives several clips or the transform several crops (views ordered crop
+    first, then clip, as the authors' loader); with ``return_uint8=True`` the same shapes in
+    uint8, not normalised (normalise on the GPU with :func:`~tcpnet.data.transforms.normalize`).
+    ``target``: the int label, or a float32 multi-hot vector of ``num_classes`` when
+    ``multi_label`` (Charades).
+
+    ``transform`` maps a uint8 ``(T', H, W, 3)`` clip (``T' = num_clips * T``) to uint8
+    ``(T', h, w, 3)`` or ``(C, T', h, w, 3)``; a transform that returns float is taken to have
+    done the conversion itself and its output is returned as is.
+
+    ``decode_threads``: FFmpeg threads per video, passed to :func:`~tcpnet.data.load_clip`
+    (``None``: its default, 1 inside DataLoader workers, FFmpeg's choice in the main process).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[VideoRecord],
+        root: Union[str, os.PathLike] = "",
+        sampler: Optional[Callable] = None,
+        transform: Optional[Callable] = None,
+        input_config: Optional[InputConfig] = None,
+        num_classes: Optional[int] = None,
+        multi_label: bool = False,
+        frame_template: str = DEFAULT_FRAME_TEMPLATE,
+        seed: Optional[int] = None,
+        on_error: str = "replace",
+        max_consecutive_failures: int = 10,
+        return_uint8: bool = False,
+        decode_threads: Optional[int] = None,
+    ) -> None:
+        if sampler is None:
+            raise TypeError("VideoDataset: a sampler is required (e.g. tcpnet.data.TSNTrainSampler(8))")
+        if on_error not in ("replace", "raise"):
+            raise ValueError(f"on_error: expected 'replace' or 'raise', got {on_error!r}")
+        if multi_label and not num_classes:
+            raise ValueError("multi_label=True needs num_classes for the multi-hot targets")
+        if max_consecutive_failures < 1:
+            raise ValueError(f"max_consecutive_failures must be >= 1, got {max_consecutive_failures}")
+        if seed is not None and int(seed) < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed}")
+        if len(records) == 0:
+            raise ValueError("VideoDataset: no records")
+        self.records = list(records)
+        self.class_names: Optional[List[str]] = getattr(records, "class_names", None)
+        self.root = os.fspath(root)
+        self.sampler = sampler
+        self.transform = transform
+        self.input_config = input_config if input_config is not None else InputConfig()
+        self.num_classes = num_classes
+        self.multi_label = bool(multi_label)
+        self.frame_template = frame_template
+        self.seed = None if seed is None else int(seed)
+        self.on_error = on_error
+        self.max_consecutive_failures = int(max_consecutive_failures)
+        self.return_uint8 = bool(return_uint8)
+        self.decode_threads = decode_threads
+        self.num_clips = int(getattr(sampler, "num_clips", 1))
+        # Shared between the main process and DataLoader workers (see the module docstring).
+        n = len(self.records)
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._bad_epoch = torch.full((n,), -1, dtype=torch.int64).share_memory_()
+        self._bad_failures = torch.zeros(n, dtype=torch.int64).share_memory_()
+        self._num_frames_cache: Dict[int, int] = {}
+
+    # ------------------------------------------------------------------ construction recipes
+
+    @classmethod
+    def from_config(
+        cls,
+        records: Sequence[VideoRecord],
+        root: Union[str, os.PathLike] = "",
+        input_config: Optional[InputConfig] = None,
+        mode: str = "train",
+        views: Union[str, Tuple[int, int]] = "1x1",
+        *,
+        num_segments: Optional[int] = None,
+        flip: bool = True,
+        dense: bool = False,
+        full_res: Optional[bool] = None,
+        min_frames: int = 3,
+        on_error: Optional[str] = None,
+        **kwargs: Any,
+    ) -> "VideoDataset":
+        """The published pipeline for ``mode`` ("train" | "val" | "test") and a model's input config.
+
+        train: TSN random sampling, multi-scale crop, random flip (``flip=False`` for
+        Something-Something); val: segment centres, resize + centre crop; test: ``views``
+        "CROPSxCLIPS" (e.g. "3x10": full-resolution left/right/centre crops x 10 clips, the
+        released 30-view protocol; "1x1": one centre crop of the centre clip). ``dense`` uses
+        I3D-style dense sampling. Records with a known ``num_frames < min_frames`` are dropped
+        (the published reader drops ``< 3``). ``on_error`` defaults to "replace" for train/val and
+        "raise" for test. Other keyword arguments go to :class:`VideoDataset`.
+        """
+        cfg = input_config if input_config is not None else InputConfig()
+        T = int(num_segments if num_segments is not None else cfg.num_segments)
+        crops, clips = parse_views(views)
+        if mode in ("train", "val") and (crops, clips) != (1, 1):
+            raise ValueError(f"views={views!r}: only test mode has several views, {mode!r} has '1x1'")
+        if dense and mode == "test" and clips == 1:
+            clips = 10  # the authors' dense test always takes 10 starts
+        sampler = build_sampler(mode, T, num_clips=clips, dense=dense)
+        transform = build_transform(mode, cfg, num_crops=crops, flip=flip, full_res=full_res)
+        kept = [r for r in records if r.num_frames is None or r.num_frames >= min_frames]
+        if len(kept) < len(records):
+            logger.info("dropped %d of %d records with fewer than %d frames",
+                        len(records) - len(kept), len(records), min_frames)
+        if hasattr(records, "class_names"):
+            kept = type(records)(kept, class_names=records.class_names)
+        if on_error is None:
+            on_error = "raise" if mode == "test" else "replace"
+        return cls(kept, root=root, sampler=sampler, transform=transform, input_config=cfg,
+                   on_error=on_error, **kwargs)
+
+    # ------------------------------------------------------------------ epochs and bad items
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random choices ``__getitem__`` makes (shared with workers)."""
+        self._epoch[0] = int(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def bad_items(self, epoch: Optional[int] = None) -> List[BadItem]:
+        """Records that failed to load in ``epoch`` (``None``: in any epoch; each record is
+        reported with the last epoch it failed in), gathered from all worker processes."""
+        bad_epoch = self._bad_epoch
+        mask = bad_epoch >= 0 if epoch is None else bad_epoch == int(epoch)
+        return [BadItem(i, self._full_path(self.records[i]), int(bad_epoch[i]), int(self._bad_failures[i]))
+                for i in torch.nonzero(mask).flatten().tolist()]
+
+    def reset_bad_items(self) -> None:
+        self._bad_epoch.fill_(-1)
+        self._bad_failures.zero_()
+
+    def _mark_bad(self, index: int, epoch: int, err: BaseException) -> None:
+        path = self._full_path(self.records[index])
+        first_time = int(self._bad_epoch[index]) < 0
+        if int(self._bad_epoch[index]) != epoch:
+            self._bad_epoch[index] = epoch
+            self._bad_failures[index] = 0
+        self._bad_failures[index] += 1
+        if first_time:
+            logger.warning("skipping unreadable video %s (replaced by another item): %s", path, err)
+
+    # ------------------------------------------------------------------ items
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _full_path(self, record: VideoRecord) -> str:
+        return os.path.join(self.root, record.path) if self.root else record.path
+
+    def item_rng(self, index: int, epoch: Optional[int] = None) -> np.random.Generator:
+        """The generator behind item ``index``'s random choices in ``epoch`` (default: current)."""
+        if self.seed is None:
+            return np.random.default_rng()
+        e = self.epoch if epoch is None else int(epoch)
+        return np.random.default_rng([self.seed, e, int(index)])
+
+    def num_frames(self, index: int) -> int:
+        """Frame count of record ``index``: from the record, else probed (cached per process)."""
+        record = self.records[index]
+        if record.num_frames is not None:
+            n = int(record.num_frames)
+        else:
+            n = self._num_frames_cache.get(index)
+            if n is None:
+                n = probe(self._full_path(record), frame_template=self.frame_template).num_frames
+                self._num_frames_cache[index] = n
+        if n < 1:
+            raise DecodeError(self._full_path(record), f"has {n} frames")
+        return n
+
+    def target(self, index: int) -> Union[int, torch.Tensor]:
+        label = self.records[index].label
+        if self.multi_label:
+            return multi_hot(label, int(self.num_classes))
+        if not isinstance(label, (int, np.integer)):
+            raise ValueError(f"{self.records[index].path}: label {label!r} is not a single class id; "
+                             f"use multi_label=True with num_classes")
+        return int(label)
+
+    def load(self, index: int, rng: np.random.Generator) -> torch.Tensor:
+        """Sample, decode and transform record ``index``: the clip as ``__getitem__`` returns it."""
+        indices = self.sampler(self.num_frames(index), rng)
+        clip = load_clip(self._full_path(self.records[index]), indices, frame_template=self.frame_template,
+                         threads=self.decode_threads)
+        if self.transform is not None:
+            clip = self.transform(clip, rng) if isinstance(self.transform, ClipTransform) else self.transform(clip)
+        if clip.dtype != torch.uint8:
+            return clip
+        clip = to_views(clip, self.num_clips)
+        if self.return_uint8:
+            return clip.movedim(-1, -4).contiguous()
+        return to_float(clip, self.input_config)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, Union[int, torch.Tensor]]:
+        index = int(index)
+        if not 0 <= index < len(self.records):
+            raise IndexError(f"index {index} out of range for {len(self.records)} records")
+        epoch = self.epoch
+        rng = self.item_rng(index, epoch)
+        current = index
+        for failures in range(1, self.max_consecutive_failures + 1):
+            try:
+                return self.load(current, rng), self.target(current)
+            except _LOAD_ERRORS as err:
+                path = self._full_path(self.records[current])
+                if self.on_error == "raise":
+                    if isinstance(err, DecodeError):
+                        raise
+                    raise DecodeError(path, err) from err
+                self._mark_bad(current, epoch, err)
+                if failures == self.max_consecutive_failures:
+                    raise RuntimeError(
+                        f"{failures} consecutive videos failed to load for item {index} "
+                        f"(on_error='replace'); last: {path}: {err}") from err
+                current = int(rng.integers(len(self.records)))
+        raise AssertionError("unreachable")
+
+    def __repr__(self) -> str:
+        return (f"VideoDataset({len(self)} videos, root={self.root!r}, sampler={self.sampler!r}, "
+                f"on_error={self.on_error!r}, seed={self.seed})")
