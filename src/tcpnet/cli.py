@@ -1,0 +1,476 @@
+"""The ``tcpnet`` command: parses arguments, configures logging and calls the library.
+
+Sub-commands: train, test, predict, export, flops, convert, prepare, synth, demo, models.
+Errors in the inputs (config keys/types, missing files, undecodable videos, bad checkpoints)
+end with one ``tcpnet: error: ...`` message on stderr and a non-zero exit code; ``--debug``
+shows the traceback instead. Run ``tcpnet <command> -h`` for each command's options.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+logger = logging.getLogger("tcpnet.cli")
+
+__all__ = ["main", "build_parser", "resolve_config", "config_search_dirs", "list_configs"]
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+# ---------------------------------------------------------------------------------- configs
+def config_search_dirs() -> List[Path]:
+    """Where shipped configs are looked up: ``configs/`` of the source checkout that holds this
+    package (editable install / running from the repo) and ``tcpnet/configs/`` inside the package."""
+    import tcpnet
+
+    pkg = Path(tcpnet.__file__).resolve().parent
+    dirs = [pkg.parents[1] / "configs", pkg / "configs"]
+    return [d for d in dirs if d.is_dir()]
+
+
+def list_configs() -> List[str]:
+    """Names of the shipped configs (``demo/tcp``, ``k400/tcp_tsn_r50_8f``, ...)."""
+    names = set()
+    for d in config_search_dirs():
+        names.update(str(p.relative_to(d).with_suffix("")) for p in d.rglob("*.yaml"))
+    return sorted(names)
+
+
+def resolve_config(name: str) -> Path:
+    """``name`` if it is a file; else the shipped config ``<dir>/<name>[.yaml]`` (see
+    :func:`config_search_dirs`), so ``tcpnet train demo/tcp`` works from anywhere."""
+    from tcpnet.config import ConfigError
+
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    rel = name[len("configs/"):] if name.startswith("configs/") else name
+    tried = []
+    for d in config_search_dirs():
+        for cand in (d / rel, d / f"{rel}.yaml"):
+            if cand.is_file():
+                return cand
+            tried.append(str(cand))
+    known = list_configs()
+    hint = f"; shipped configs: {', '.join(known)}" if known else ""
+    raise ConfigError(f"{name}: config file not found{hint}")
+
+
+# ---------------------------------------------------------------------------------- logging
+def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """INFO (or DEBUG with -v) to stderr; WARNING only with -q and on DDP ranks other than 0."""
+    level = logging.DEBUG if verbose else logging.INFO
+    if quiet or int(os.environ.get("RANK", "0")) > 0:
+        level = logging.WARNING
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    for noisy in ("matplotlib", "PIL", "torch.onnx", "onnxscript", "onnx_ir", "torch._dynamo", "torch.export",
+                  "torch.fx", "torch._subclasses"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # "torchvision is not installed. Skipping torchvision::nms" and alike: irrelevant here
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
+
+# ---------------------------------------------------------------------------------- commands
+def _load_cfg(args: argparse.Namespace, extra: Sequence[str] = ()):
+    from tcpnet.config import load_config
+
+    return load_config(resolve_config(args.config), list(args.overrides) + list(extra))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tcpnet.engine.train import train
+
+    extra = []
+    if args.resume is not None:
+        if args.resume == "auto":
+            cfg0 = _load_cfg(args)
+            last = Path(cfg0.output_dir) / "last.pt"
+            if not last.is_file():
+                raise FileNotFoundError(f"--resume: {last} does not exist (nothing to resume in {cfg0.output_dir})")
+            extra.append(f"train.resume={last}")
+        else:
+            if not Path(args.resume).is_file():
+                raise FileNotFoundError(f"--resume: {args.resume}: checkpoint not found")
+            extra.append(f"train.resume={args.resume}")
+    cfg = _load_cfg(args, extra)
+    result = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        best = result.get("best_metric")
+        metric = result.get("metric_name", "top1")
+        print(f"done: {result['output_dir']}  best val {metric} "
+              f"{'-' if best is None else f'{best:.2f}'} (epoch {result.get('best_epoch', -1) + 1}); "
+              f"checkpoints: {result['best_checkpoint']}, {result['last_checkpoint']}")
+    return 0
+
+
+def _floats(text: Optional[str], what: str) -> Optional[List[float]]:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from tcpnet.engine.testing import run_test
+
+    cfg = _load_cfg(args)
+    result = run_test(cfg, args.checkpoint, weights=_floats(args.weights, "--weights"), views=args.views,
+                      fusion=args.fusion, output_dir=args.out, amp=args.amp, progress=sys.stderr.isatty())
+    if result.output_dir is not None:
+        m = result.metrics
+        if "top1" in m:
+            head = f"top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  mean class acc {_fmt(m.get('mean_class_acc'))}"
+        else:
+            head = f"mAP {_fmt(m.get('mAP'))}"
+        print(f"{m['num_videos']} videos, {m['views']} views, {m['fusion']}: {head}")
+        print(f"results: {result.output_dir / 'metrics.json'}")
+    return 0
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tcpnet.checkpoints import build_model_from_checkpoint
+    from tcpnet.engine.distributed import resolve_device
+    from tcpnet.engine.predict import predict_videos, read_labels
+
+    device = resolve_device(args.device)
+    model = build_model_from_checkpoint(args.checkpoint).to(device)
+    names = read_labels(args.labels, int(model.num_classes)) if args.labels else None
+    preds = predict_videos(model, args.videos, views=args.views, topk=args.topk, class_names=names,
+                           fusion=args.fusion, device=device)
+    for p in preds:
+        if p.error:
+            print(f"tcpnet: error: {p.error}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([p.to_dict() for p in preds], indent=2))
+    else:
+        for p in preds:
+            if p.error:
+                continue
+            print(p.video)
+            for rank, t in enumerate(p.topk, 1):
+                name = t["name"] if t["name"] is not None else f"class {t['label']}"
+                print(f"  {rank}. {name:<30} {t['prob']:.4f}")
+    return EXIT_ERROR if any(p.error for p in preds) else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tcpnet.checkpoints import build_model_from_checkpoint
+    from tcpnet.engine.export import export_model
+
+    model = build_model_from_checkpoint(args.checkpoint)
+    fmt = args.format
+    res = export_model(model, args.output, fmt, exporter=args.exporter, opset=args.opset, rtol=args.rtol)
+    print(f"wrote {res.path} ({fmt}, dynamic batch); max |{fmt} - torch| = {res.max_abs_diff:.3g} "
+          f"(tolerance {res.tolerance:.3g})")
+    return 0
+
+
+def cmd_flops(args: argparse.Namespace) -> int:
+    from tcpnet.models import build_model
+    from tcpnet.utils.complexity import complexity
+
+    model = build_model(args.model, num_classes=args.num_classes, num_segments=args.segments)
+    size = args.size or model.input_config.crop_size
+    c = complexity(model, (1, 3, args.segments, size, size))
+    print(f"{args.model}: {args.segments}x{size}x{size}, {c['params'] / 1e6:.2f} M params, "
+          f"{c['gflops']:.2f} GFLOPs ({c['gmacs']:.2f} GMACs, the unit papers call GFLOPs) per clip")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from tcpnet.checkpoints import convert_checkpoint
+    from tcpnet.engine.predict import read_labels
+
+    names = read_labels(args.classes) if args.classes else None
+    report = convert_checkpoint(args.src, args.dst, args.model, num_classes=args.num_classes,
+                                num_segments=args.segments, class_names=names, **_model_args(args.set))
+    print(f"wrote {args.dst}: {report}")
+    return 0
+
+
+def _model_args(items: Sequence[str]) -> Dict[str, Any]:
+    """``["dim=64", "last_stride=2"]`` -> build_model overrides, values parsed as YAML scalars."""
+    import yaml
+
+    out: Dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set dim=64")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from tcpnet.data import prepare
+
+    progress = sys.stderr.isatty()
+    if args.tool == "extract-frames":
+        s = prepare.extract_frames(args.video_root, args.frame_root, short_side=args.short_side or None,
+                                   quality=args.quality, workers=args.workers, progress=progress)
+    elif args.tool == "reencode":
+        s = prepare.reencode_videos(args.src_root, args.dst_root, short_side=args.short_side or None, gop=args.gop,
+                                    crf=args.crf, workers=args.workers, progress=progress)
+    elif args.tool == "build-list":
+        s = prepare.build_list(args.root, args.out, kind=args.kind, label_file=args.labels,
+                               class_file=args.classes_out, workers=args.workers, progress=progress)
+    elif args.tool == "mini-k200":
+        s = prepare.make_mini_kinetics200(args.k400_list, args.ytids, args.out, args.class_map_out,
+                                          class_map_in=args.class_map_in, k400_classes=args.k400_classes,
+                                          classes_out=args.classes_out)
+    else:  # scan
+        bad = prepare.scan_videos(args.root, full_decode=args.full_decode, workers=args.workers, progress=progress)
+        for path, err in bad:
+            print(f"{path}\t{err}")
+        print(f"{len(bad)} unreadable video(s) under {args.root}", file=sys.stderr)
+        return EXIT_ERROR if bad else 0
+    print(s)
+    for path, err in s.failed_paths[:20]:
+        print(f"  failed: {path}: {err}", file=sys.stderr)
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from tcpnet.data.synthetic import make_synthetic_dataset
+
+    ds = make_synthetic_dataset(args.out_dir, seed=args.seed, num_classes=args.num_classes,
+                                train_per_class=args.train_per_class, val_per_class=args.val_per_class,
+                                num_frames=args.frames, size=args.size, overwrite=args.overwrite,
+                                workers=args.workers, progress=sys.stderr.isatty())
+    print(f"{'reused' if ds.reused else 'wrote'} {ds.root}: {ds.num_videos['train']} train / "
+          f"{ds.num_videos['val']} val videos, {len(ds.class_names)} classes ({ds.train_list}, {ds.val_list})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tcpnet.engine.demo import run_demo
+
+    run_demo(args.out, quick=args.quick, seed=args.seed, device=args.device, overrides=args.overrides,
+             num_workers=args.workers)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from tcpnet.models import list_models
+
+    for name in list_models():
+        print(name)
+    if args.configs:
+        print("\nconfigs:")
+        for name in list_configs():
+            print(f"  {name}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- parser
+def _common(suppress: bool) -> argparse.ArgumentParser:
+    """--debug / -v / -q, accepted before or after the sub-command."""
+    p = argparse.ArgumentParser(add_help=False)
+    d = {"default": argparse.SUPPRESS} if suppress else {}
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors", **d)
+    p.add_argument("-v", "--verbose", action="count", help="debug logging", **({"default": argparse.SUPPRESS}
+                   if suppress else {"default": 0}))
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only", **d)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tcpnet import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="tcpnet", parents=[_common(False)],
+        description="TCPNet video recognition: train, test, predict, export and tools.",
+        epilog="CONFIG is a YAML file or a shipped config name (e.g. demo/tcp, k400/tcp_tsn_r50_8f); "
+               "key=value arguments override config entries (e.g. train.lr=0.01 data.num_workers=2).")
+    parser.add_argument("--version", action="version", version=f"tcpnet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = [_common(True)]
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=common, help=help, description=help)
+        p.set_defaults(func=fn)
+        return p
+
+    p = add("train", cmd_train, "train a model from a config (torchrun-aware)")
+    p.add_argument("config", metavar="CONFIG")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH",
+                   help="continue from PATH, or (no PATH) from <output_dir>/last.pt")
+
+    p = add("test", cmd_test, "multi-view test of one checkpoint or an ensemble (torchrun-aware)")
+    p.add_argument("config", metavar="CONFIG")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--checkpoint", metavar="PATH[,PATH2...]",
+                   help="model file(s); several = ensemble (default: test.checkpoint, else <output_dir>/best.pt)")
+    p.add_argument("--weights", metavar="W1,W2...", help="ensemble weights, one per checkpoint (default 1)")
+    p.add_argument("--views", metavar="CxN", help="crops x clips: 1x1 (centre crop), 3x10 (published 30 views); "
+                   "C in {1,3,5,10} (default: test.views)")
+    p.add_argument("--fusion", choices=("max-prob", "mean-prob", "mean-logit"),
+                   help="how views are combined (default: test.fusion; max-prob is the authors')")
+    p.add_argument("--out", metavar="DIR", help="output directory (default <output_dir>/test_<views>)")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="autocast for the forward pass")
+
+    p = add("predict", cmd_predict, "top-k classes of video files")
+    p.add_argument("videos", nargs="+", metavar="VIDEO")
+    p.add_argument("--checkpoint", required=True, metavar="PATH")
+    p.add_argument("--labels", metavar="FILE", help="class names, one per line (default: from the checkpoint)")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--views", default="1x1", metavar="CxN")
+    p.add_argument("--fusion", choices=("mean-prob", "max-prob", "mean-logit"), default="mean-prob")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--device", default="auto")
+
+    p = add("export", cmd_export, "export a model to ONNX or TorchScript (dynamic batch) and verify it")
+    p.add_argument("--checkpoint", required=True, metavar="PATH")
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    p.add_argument("--output", required=True, metavar="FILE")
+    p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
+                   help="ONNX exporter: torch.export-based (default) or the older tracing one")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--rtol", type=float, default=1e-3,
+                   help="fail if max|exported - torch| > rtol * max(1, max|torch logits|)")
+
+    p = add("flops", cmd_flops, "parameters and FLOPs of a registered model")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--segments", type=int, default=8)
+    p.add_argument("--size", type=int, default=None, help="input size (default: the model's crop size)")
+    p.add_argument("--num-classes", type=int, default=400)
+
+    p = add("convert", cmd_convert, "convert an authors' (or other) checkpoint to a tcpnet model file")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("dst", metavar="DST", help=".safetensors for a safetensors file, else a torch model file")
+    p.add_argument("--model", required=True, metavar="NAME")
+    p.add_argument("--num-classes", type=int, default=None, help="default: from the classifier weight")
+    p.add_argument("--segments", type=int, default=8)
+    p.add_argument("--classes", metavar="FILE", help="class names to store, one per line")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="build_model override, repeatable (e.g. --set dim=64)")
+
+    p = add("prepare", cmd_prepare, "dataset tools")
+    tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)
+    t = tools.add_parser("extract-frames", parents=common, help="videos -> frame folders (img_00001.jpg ...)")
+    t.add_argument("video_root")
+    t.add_argument("frame_root")
+    t.add_argument("--short-side", type=int, default=256, help="0 keeps the size")
+    t.add_argument("--quality", type=int, default=95)
+    t.add_argument("--workers", type=int, default=None)
+    t = tools.add_parser("reencode", parents=common, help="re-encode videos to H.264 mp4, short side, short GOP")
+    t.add_argument("src_root")
+    t.add_argument("dst_root")
+    t.add_argument("--short-side", type=int, default=256, help="0 keeps the size")
+    t.add_argument("--gop", type=int, default=16)
+    t.add_argument("--crf", type=int, default=23)
+    t.add_argument("--workers", type=int, default=None)
+    t = tools.add_parser("build-list", parents=common, help="class-per-folder tree -> list file")
+    t.add_argument("root")
+    t.add_argument("out")
+    t.add_argument("--kind", choices=("video", "frames"), default="video")
+    t.add_argument("--labels", metavar="FILE", help="class names, one per line (default: sorted folder names)")
+    t.add_argument("--classes-out", metavar="FILE", help="where to write classes.txt (default: beside OUT)")
+    t.add_argument("--workers", type=int, default=1)
+    t = tools.add_parser("mini-k200", parents=common, help="Mini-Kinetics-200 list from a Kinetics-400 list")
+    t.add_argument("k400_list")
+    t.add_argument("ytids", help="YouTube ids, one per line")
+    t.add_argument("out")
+    t.add_argument("--class-map-out", default=None)
+    t.add_argument("--class-map-in", default=None, help="the train split's map, when making the val list")
+    t.add_argument("--k400-classes", default=None)
+    t.add_argument("--classes-out", default=None)
+    t = tools.add_parser("scan", parents=common, help="list unreadable videos (exit 1 if any)")
+    t.add_argument("root")
+    t.add_argument("--full-decode", action="store_true")
+    t.add_argument("--workers", type=int, default=1)
+
+    p = add("synth", cmd_synth, "generate the synthetic order-dependent video dataset")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-classes", type=int, default=8)
+    p.add_argument("--train-per-class", type=int, default=60)
+    p.add_argument("--val-per-class", type=int, default=20)
+    p.add_argument("--frames", type=int, default=32)
+    p.add_argument("--size", type=int, default=112)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true")
+
+    p = add("demo", cmd_demo, "CPU demo: TCP vs GAP on synthetic time-reversal classes")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="applied to both demo configs")
+    p.add_argument("--out", default="demo_output", metavar="DIR")
+    p.add_argument("--quick", action="store_true", help="tiny smoke run (seconds; accuracies mean nothing)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers")
+
+    p = add("models", cmd_models, "list registered models")
+    p.add_argument("--configs", action="store_true", help="also list the shipped configs")
+    return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """parse_known_args, then take stray ``key=value`` tokens (given after options) as overrides."""
+    args, rest = parser.parse_known_args(argv)
+    stray = [r for r in rest if "=" in r and not r.startswith("-")]
+    unknown = [r for r in rest if r not in stray]
+    if unknown or (stray and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or stray)}")
+    if stray:
+        args.overrides = list(args.overrides) + stray
+    return args
+
+
+def _error_message(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    if isinstance(e, KeyError):
+        return f"missing key {e}"
+    return str(e) or type(e).__name__
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``tcpnet`` console script; returns the exit code."""
+    parser = build_parser()
+    args = _parse(parser, sys.argv[1:] if argv is None else list(argv))
+    setup_logging(getattr(args, "verbose", 0) or 0, getattr(args, "quiet", False))
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("tcpnet: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # stdout closed early (e.g. `tcpnet predict ... | head`): not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except Exception as e:  # noqa: BLE001 - every error becomes one message unless --debug
+        if getattr(args, "debug", False):
+            raise
+        from tcpnet.checkpoints import CheckpointError
+        from tcpnet.config import ConfigError
+        from tcpnet.data.clip import DecodeError
+
+        expected = (ConfigError, CheckpointError, DecodeError, OSError, ValueError, TypeError, KeyError)
+        msg = _error_message(e)
+        if not isinstance(e, expected):
+            msg = f"{type(e).__name__}: {msg} (run with --debug for the traceback)"
+        print(f"tcpnet: error: {msg}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
