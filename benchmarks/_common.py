@@ -6,7 +6,7 @@ import gc
 import platform
 import statistics
 import time
-from typing import Callable, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -98,3 +98,19 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 
 def mib(nbytes: float) -> str:
     return f"{nbytes / 2**20:.1f}"
+
+
+def interleaved_times(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int):
+    """Median and min seconds per function, timing them in turns (A B A B ...) so that load from
+    other processes on a shared machine falls on all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            gc.collect()
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return ({k: statistics.median(v) for k, v in times.items()}, {k: min(v) for k, v in times.items()})

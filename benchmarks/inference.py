@@ -18,20 +18,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import gc
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Callable, Dict, List
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import format_table, machine_summary  # noqa: E402
+from _common import format_table, interleaved_times, machine_summary  # noqa: E402
 
 from tcpnet.data.prepare import write_video  # noqa: E402
 from tcpnet.engine.predict import build_predict_dataset, predict_videos  # noqa: E402
@@ -47,22 +43,6 @@ def make_video(path: Path, num_frames: int, height: int, width: int, fps: int = 
         base = np.stack([(xx * 0.7 + 3 * t) % 256, (yy * 0.9 + 2 * t) % 256, ((xx + yy) * 0.5 + 5 * t) % 256], -1)
         frames[t] = np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
     return write_video(path, frames, fps=fps, crf=23, gop=16, preset="veryfast")
-
-
-def interleaved_times(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int):
-    """Median and min seconds per function, timed in turns (A B A B ...) so that load from other
-    processes on a shared machine falls on all of them alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: Dict[str, List[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            gc.collect()
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return ({k: statistics.median(v) for k, v in times.items()}, {k: min(v) for k, v in times.items()})
 
 
 def forward_rows(names, segments, size, batches, repeats, warmup, onnx_dir=None):

@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
-import statistics
-import time
-from typing import Callable, Dict, List
 
 import torch
 import torch.nn.functional as F
 
-from _common import format_table, machine_summary
+from _common import format_table, interleaved_times, machine_summary
 from tcpnet.engine.optim import build_optimizer
 from tcpnet.models import build_model
 
@@ -51,22 +47,6 @@ def make_step(name: str, segments: int, size: int, batch: int, bf16: bool, chann
         return loss
 
     return step
-
-
-def interleaved_times(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int):
-    """Median and min seconds per function, timing them in turns (A B A B ...) so that load from
-    other processes on a shared machine falls on all of them alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: Dict[str, List[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            gc.collect()
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return ({k: statistics.median(v) for k, v in times.items()}, {k: min(v) for k, v in times.items()})
 
 
 def main() -> None:

@@ -441,3 +441,15 @@ def test_tsm_repo_shift_wrapper_names(tmp_path):
     assert any(".net." in k for k in sd)
     dst = tiny("tsn_tiny", temporal_shift="blockres", seed=12)
     assert load_checkpoint(dst, released(sd, tmp_path / "tsm.pth")).ok and same_state(src, dst)
+
+
+def test_text_file_is_refused_with_a_clear_error(tmp_path):
+    """torch's legacy reader raises KeyError on arbitrary bytes; the user must see which file
+    is not a checkpoint instead of 'KeyError: 101'."""
+    from tcpnet.checkpoints import CheckpointError, load_checkpoint
+    from tcpnet.models import build_model
+
+    path = tmp_path / "notes.pth"
+    path.write_text("evaluation notes, not weights\n")
+    with pytest.raises(CheckpointError, match="notes.pth: not a readable PyTorch checkpoint"):
+        load_checkpoint(build_model("tsn_tiny", num_classes=4, num_segments=2), path)

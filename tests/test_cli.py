@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tcpnet.cli import list_configs, resolve_config
+from tcpnet.config import find_config, list_configs
 from tcpnet.config import ConfigError
 from tcpnet.engine.evaluate import fuse_views
 from tcpnet.engine.metrics import topk_accuracy
@@ -131,7 +131,7 @@ def test_test_1x1_and_multiview(run_dir, tested_1x1):
     m1, npz1 = _check_test_outputs(run_dir, run_dir / "run/test_1x1", 1, "max-prob")
 
     # 3 full-resolution crops x 2 clips, mean-prob fusion, overrides after the options
-    proc = tcpnet("test", "tiny.yaml", "--checkpoint", "run/best.pt", "--views", "3x2", "--fusion", "mean-prob",
+    tcpnet("test", "tiny.yaml", "--checkpoint", "run/best.pt", "--views", "3x2", "--fusion", "mean-prob",
                   "--out", "t32", "test.batch_size=3", cwd=run_dir)
     m32, npz32 = _check_test_outputs(run_dir, run_dir / "t32", 6, "mean-prob")
     # the 1x1 view (centre 48x48 crop) and the first 3x2 view (full-resolution 56x56 left crop) differ
@@ -284,13 +284,13 @@ def test_shipped_config_lookup(tmp_path, monkeypatch):
     names = list_configs()
     assert "demo/tcp" in names and "k400/tcp_tsn_r50_8f" in names
     for name in ("demo/tcp", "demo/tcp.yaml", "configs/demo/tcp.yaml"):
-        path = resolve_config(name)
+        path = find_config(name)
         assert path.is_file() and path.parts[-2:] == ("demo", "tcp.yaml")
     local = tmp_path / "mine.yaml"
     local.write_text("seed: 3\n")
-    assert resolve_config("mine.yaml") == Path("mine.yaml")  # an existing file wins
+    assert find_config("mine.yaml") == Path("mine.yaml")  # an existing file wins
     with pytest.raises(ConfigError, match="config file not found"):
-        resolve_config("demo/nope")
+        find_config("demo/nope")
     # through the command, from a directory without configs/: the shipped file is found and the
     # override error (not 'not found') comes back
     proc = tcpnet("train", "demo/tcp", "train.epochz=1", cwd=tmp_path, check=False)

@@ -1,7 +1,6 @@
 """Metrics and view fusion on hand-made numbers."""
 import math
 
-import numpy as np
 import pytest
 import torch
 

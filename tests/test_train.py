@@ -21,7 +21,7 @@ def tiny_data(tmp_path_factory):
 
 
 def tiny_overrides(data: Path, out: Path, *extra: str) -> list:
-    return [f"model.name=tcp_tiny", "model.num_segments=4", "model.kwargs.dim=16", "model.kwargs.mid_channels=32",
+    return ["model.name=tcp_tiny", "model.num_segments=4", "model.kwargs.dim=16", "model.kwargs.mid_channels=32",
             f"data.root={data}", f"data.train_list={data}/train.txt", f"data.val_list={data}/val.txt",
             f"data.class_names={data}/classes.txt", "data.num_workers=0", "data.flip=false",
             "data.crop_size=48", "data.scale_size=56", "train.epochs=2", "train.batch_size=4", "train.lr=0.01",

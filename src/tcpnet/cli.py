@@ -17,49 +17,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 logger = logging.getLogger("tcpnet.cli")
 
-__all__ = ["main", "build_parser", "resolve_config", "config_search_dirs", "list_configs"]
+__all__ = ["main", "build_parser"]
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-
-
-# ---------------------------------------------------------------------------------- configs
-def config_search_dirs() -> List[Path]:
-    """Where shipped configs are looked up: ``configs/`` of the source checkout that holds this
-    package (editable install / running from the repo) and ``tcpnet/configs/`` inside the package."""
-    import tcpnet
-
-    pkg = Path(tcpnet.__file__).resolve().parent
-    dirs = [pkg.parents[1] / "configs", pkg / "configs"]
-    return [d for d in dirs if d.is_dir()]
-
-
-def list_configs() -> List[str]:
-    """Names of the shipped configs (``demo/tcp``, ``k400/tcp_tsn_r50_8f``, ...)."""
-    names = set()
-    for d in config_search_dirs():
-        names.update(str(p.relative_to(d).with_suffix("")) for p in d.rglob("*.yaml"))
-    return sorted(names)
-
-
-def resolve_config(name: str) -> Path:
-    """``name`` if it is a file; else the shipped config ``<dir>/<name>[.yaml]`` (see
-    :func:`config_search_dirs`), so ``tcpnet train demo/tcp`` works from anywhere."""
-    from tcpnet.config import ConfigError
-
-    path = Path(name).expanduser()
-    if path.is_file():
-        return path
-    rel = name[len("configs/"):] if name.startswith("configs/") else name
-    tried = []
-    for d in config_search_dirs():
-        for cand in (d / rel, d / f"{rel}.yaml"):
-            if cand.is_file():
-                return cand
-            tried.append(str(cand))
-    known = list_configs()
-    hint = f"; shipped configs: {', '.join(known)}" if known else ""
-    raise ConfigError(f"{name}: config file not found{hint}")
 
 
 # ---------------------------------------------------------------------------------- logging
@@ -84,9 +45,9 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
 
 # ---------------------------------------------------------------------------------- commands
 def _load_cfg(args: argparse.Namespace, extra: Sequence[str] = ()):
-    from tcpnet.config import load_config
+    from tcpnet.config import find_config, load_config
 
-    return load_config(resolve_config(args.config), list(args.overrides) + list(extra))
+    return load_config(find_config(args.config), list(args.overrides) + list(extra))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -269,6 +230,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from tcpnet.config import list_configs
     from tcpnet.models import list_models
 
     for name in list_models():

@@ -204,3 +204,30 @@ def save_config(cfg: Config, path: Union[str, Path]) -> None:
     """Write the resolved config, so a run can be repeated from its output directory alone."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(config_to_yaml(cfg))
+
+
+# ------------------------------------------------------------------------- shipped configs
+SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def list_configs() -> List[str]:
+    """Names of the shipped configs (``demo/tcp``, ``k400/tcp_tsn_r50_8f``, ...). They live inside
+    the package (``tcpnet/configs``; the repository's ``configs/`` links there), so they are found
+    from a wheel install as well as from a checkout."""
+    return sorted(str(p.relative_to(SHIPPED_CONFIG_DIR).with_suffix("")) for p in SHIPPED_CONFIG_DIR.rglob("*.yaml"))
+
+
+def find_config(name: Union[str, Path]) -> Path:
+    """``name`` if it is an existing file, else the shipped config ``<name>[.yaml]`` (a leading
+    ``configs/`` is allowed), so ``tcpnet train demo/tcp`` works from any directory."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    rel = str(name)
+    rel = rel[len("configs/"):] if rel.startswith("configs/") else rel
+    for cand in (SHIPPED_CONFIG_DIR / rel, SHIPPED_CONFIG_DIR / f"{rel}.yaml"):
+        if cand.is_file():
+            return cand
+    known = list_configs()
+    hint = f"; shipped configs: {', '.join(known)}" if known else ""
+    raise ConfigError(f"{name}: config file not found{hint}")

@@ -220,7 +220,7 @@ def build_model_from_checkpoint(path: PathLike, strict: bool = True) -> nn.Modul
     saved_cfg = info.get("input_config")
     if saved_cfg and hasattr(model, "input_config"):
         if InputConfig.from_dict(saved_cfg) != model.input_config:
-            log.warning("%s: saved input_config %s differs from the rebuilt model's %s; using the saved one",
+            log.info("%s: saved input_config %s differs from the rebuilt model's %s; using the saved one",
                         source, saved_cfg, model.input_config.to_dict())
             model.input_config = InputConfig.from_dict(saved_cfg)
     model.class_names = info.get("class_names")

@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 
-from tcpnet.config import load_config
+from tcpnet.config import find_config, load_config
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +29,8 @@ QUICK_TRAIN = ["train.epochs=2"]
 
 
 def demo_config_path(kind: str) -> Path:
-    """The shipped ``configs/demo/<kind>.yaml`` (kind: tcp | gap), packaged inside tcpnet so the
-    demo also runs from a wheel install (the repository's ``configs/`` links to the same folder)."""
-    path = Path(__file__).resolve().parents[1] / "configs" / "demo" / f"{kind}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: demo config not found (is the tcpnet installation complete?)")
-    return path
+    """The shipped ``demo/<kind>.yaml`` (kind: tcp | gap)."""
+    return find_config(f"demo/{kind}")
 
 
 def within_pair_accuracy(scores: torch.Tensor, targets: torch.Tensor) -> float:
