@@ -22,7 +22,9 @@ from tcpnet.data.synthetic import (
     render,
     render_clean,
     sample_params,
+    write_clip,
 )
+from tcpnet.data.prepare import write_video
 
 SMALL = dict(num_classes=8, train_per_class=2, val_per_class=1, num_frames=16, size=64)
 ALL_PAIRS = range(len(PAIR_KINDS))
@@ -99,6 +101,32 @@ def test_noise_is_drawn_after_reversal():
     assert abs(resid.std() / fwd.noise_std - 1) < 0.05 and abs(resid.mean()) < 0.1
     # Not the noisy forward clip reversed: the noise of frame t does not follow its content.
     assert not np.array_equal(noisy_rev, render(fwd)[::-1].astype(np.float64))
+
+
+def test_coding_commutes_with_time_reversal(tmp_path):
+    # The dataset's coding (write_clip: every frame intra-coded at one constant QP) is a per-frame
+    # function, so decode(encode(x[::-1])) == decode(encode(x))[::-1] EXACTLY, frame by frame:
+    # for the same noisy clip, and (noise off) for the two classes of each pair -- the reversed
+    # class's decoded video IS the time reversal of the forward one, and no single decoded frame
+    # can carry the order.
+    leaky = []
+    for pair in ALL_PAIRS:
+        fwd, rev = _draw(pair, 2 * pair, num_frames=16, size=48), _draw(pair, 2 * pair + 1, num_frames=16, size=48)
+        noisy = render(fwd)
+        for name, a, b in (("noisy", noisy, np.ascontiguousarray(noisy[::-1])),
+                           ("pair", render(fwd, noise=False), render(rev, noise=False))):
+            da = _decode(write_clip(tmp_path / f"{pair}{name}a.mp4", a))
+            db = _decode(write_clip(tmp_path / f"{pair}{name}b.mp4", b))
+            assert da.shape == (16, 48, 48, 3)
+            np.testing.assert_array_equal(db, da[::-1], err_msg=f"pair {pair} ({name})")
+        # Control: the old coding (crf 23, P/B frames every 8 frames) does not commute: motion
+        # compensation and rate control leave order-dependent traces (measured mean |diff|
+        # 2.5-4.5 grey levels on these clips; the threshold is far below, far above 0).
+        ca = _decode(write_video(tmp_path / f"{pair}old_a.mp4", noisy, fps=16, crf=23, gop=8, preset="veryfast"))
+        cb = _decode(write_video(tmp_path / f"{pair}old_b.mp4", np.ascontiguousarray(noisy[::-1]), fps=16,
+                                 crf=23, gop=8, preset="veryfast"))
+        leaky.append(np.abs(cb.astype(int) - ca[::-1].astype(int)).mean())
+    assert min(leaky) > 0.5, leaky
 
 
 @pytest.mark.parametrize("class_index", range(MAX_CLASSES))
@@ -197,8 +225,8 @@ def test_files_are_consistent(small):
             assert (row["split"], row["label"], row["class_name"]) == (split, int(label), names[int(label)])
             p = SyntheticParams.from_dict(row["params"])
             assert p.class_index == int(label) and p.reverse == bool(int(label) % 2)
-            # The video is the rendering of its recorded parameters: H.264 at crf 23 on 64x64 noisy
-            # frames loses ~30 dB PSNR vs the noise-free render (measured 29.7-33.9); another
+            # The video is the rendering of its recorded parameters: intra H.264 at QP 28 of 64x64
+            # noisy frames is ~32 dB PSNR from the noise-free render (measured 30.2-34.4); another
             # video's render scores far lower.
             assert _psnr(frames, render(p, noise=False)) > 27.0
     other = SyntheticParams.from_dict(params[0]["params"])
@@ -208,9 +236,13 @@ def test_files_are_consistent(small):
     np.testing.assert_array_equal(load_clip(root / rel, [0, 7, 15]).numpy(), _decode(root / rel)[[0, 7, 15]])
 
 
-def test_short_keyframe_interval(small):
+def test_every_frame_is_a_keyframe(small):
+    # intra-only coding: each frame is coded (and decodable) on its own
     info = probe(small.root / json.loads(small.params_file.read_text().splitlines()[0])["path"])
-    assert info.keyframes == (0, 8)  # gop 8 on 16 frames
+    assert info.keyframes == tuple(range(16))
+    manifest = json.loads(small.manifest_file.read_text())
+    assert (manifest["generator_version"], manifest["coding"], manifest["gop"], manifest["qp"]) == \
+        (2, "intra-only", 1, 28)
 
 
 def test_reuse_and_settings_mismatch(small):
@@ -243,6 +275,30 @@ def test_deterministic_across_runs_and_workers(small, tmp_path):
     # overwrite=True regenerates with the new settings
     d = make_synthetic_dataset(tmp_path / "c", seed=0, overwrite=True, workers=1, progress=False, **SMALL)
     assert not d.reused and _digest(d.root) == _digest(small.root)
+
+
+def test_dataset_of_older_generator_is_regenerated(small, tmp_path):
+    # A cache written by generator version 1 (P/B-frame coding, crf 23, gop 8) with otherwise the
+    # same settings is stale: regenerated, not reused (and not an error).
+    import shutil
+
+    root = tmp_path / "v1"
+    shutil.copytree(small.root, root)
+    m = json.loads((root / "manifest.json").read_text())
+    for k in ("coding", "qp"):
+        del m[k]
+    m.update(generator_version=1, crf=23, gop=8)
+    (root / "manifest.json").write_text(json.dumps(m))
+    stale_video = root / small.val_list.read_text().split(" ")[0]
+    stale_video.write_bytes(b"old")
+    r = make_synthetic_dataset(root, seed=0, workers=1, progress=False, **SMALL)
+    assert not r.reused and _digest(root) == _digest(small.root)
+    assert json.loads((root / "manifest.json").read_text())["generator_version"] == 2
+    # ... but a version-1 manifest of ANOTHER request (seed) is still refused
+    m["seed"] = 5
+    (root / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(FileExistsError, match="seed"):
+        make_synthetic_dataset(root, seed=0, workers=1, progress=False, **SMALL)
 
 
 def test_resume_after_interruption(small, tmp_path):

@@ -72,20 +72,25 @@ class H264Writer:
     keyframes).  ``reproducible`` encodes single-threaded without x264's macroblock-tree rate
     control: with mbtree on, identical input gave different bytes from run to run (measured with
     x264 core 165, threads=1, in ~half of small clips after other allocations; asm=0 or
-    no-mbtree removes it), so the synthetic data turns it off."""
+    no-mbtree removes it), so the synthetic data turns it off.  ``qp`` (instead of ``crf``) codes
+    at a constant quantiser; with ``gop=1`` as well every frame is an intra frame coded from
+    itself alone, so decoding is a per-frame function of the input (the synthetic data needs it)."""
 
     def __init__(self, path: PathLike, width: int, height: int, fps: Union[int, Fraction] = 25,
-                 crf: int = 23, gop: int = 16, preset: str = "medium", reproducible: bool = True):
+                 crf: int = 23, gop: int = 16, preset: str = "medium", reproducible: bool = True,
+                 qp: Optional[int] = None):
         if width % 2 or height % 2:
             raise ValueError(f"{os.fspath(path)}: yuv420p H.264 needs even width and height, got {width}x{height}")
         if gop < 1:
             raise ValueError(f"gop must be >= 1, got {gop}")
+        if qp is not None and not 0 <= qp <= 51:
+            raise ValueError(f"{os.fspath(path)}: qp must be in [0, 51] (H.264 8-bit), got {qp}")
         self.path = os.fspath(path)
         self.width, self.height = width, height
         self.container = av.open(self.path, "w")
         x264_params = f"keyint={gop}:min-keyint={gop}:scenecut=0" + (":no-mbtree=1" if reproducible else "")
-        options = {"crf": str(crf), "preset": preset, "threads": "1" if reproducible else "0",
-                   "x264-params": x264_params}
+        options = {"preset": preset, "threads": "1" if reproducible else "0", "x264-params": x264_params}
+        options.update({"crf": str(crf)} if qp is None else {"qp": str(qp)})
         self.stream = self.container.add_stream("libx264", rate=fps, options=options)
         self.stream.width, self.stream.height = width, height
         self.stream.pix_fmt = "yuv420p"
@@ -127,16 +132,17 @@ def _part_path(path: Path) -> Path:
 
 
 def write_video(path: PathLike, frames: np.ndarray, fps: int = 25, crf: int = 20, gop: int = 8,
-                preset: str = "medium") -> Path:
+                preset: str = "medium", qp: Optional[int] = None) -> Path:
     """Encode uint8 RGB frames (T, H, W, 3) into an H.264 mp4 at ``path`` (written atomically,
-    byte-reproducible: see H264Writer)."""
+    byte-reproducible: see H264Writer; ``qp`` replaces ``crf`` by a constant quantiser)."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"{os.fspath(path)}: frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
     path = Path(path)
     tmp = _part_path(path)
     try:
-        with H264Writer(tmp, frames.shape[2], frames.shape[1], fps=fps, crf=crf, gop=gop, preset=preset) as w:
+        with H264Writer(tmp, frames.shape[2], frames.shape[1], fps=fps, crf=crf, gop=gop, preset=preset,
+                        qp=qp) as w:
             for f in frames:
                 w.write(f)
         os.replace(tmp, path)

@@ -24,17 +24,20 @@ Pairs (``PAIR_KINDS``; the default 8 classes use the first four)::
 Every clip has a random static low-frequency texture background (two octaves of a bilinearly
 upsampled random grid, desaturated), a random outlined shape (disk, square, triangle, ring;
 a bar for the rotation pair) with a random saturated colour, position, size and speed, and
-i.i.d. Gaussian pixel noise per frame (std 6 by default; the codec, crf 23, smooths some of it).
+i.i.d. Gaussian pixel noise per frame (std 6 by default; the codec smooths some of it).
 Motion is linear in time over the *whole* clip, so any 8 frames taken by TSN segment sampling
 show it.  Do NOT train with horizontal flips (or temporal reversal): a flip turns move_right
 into move_left and clockwise into counter-clockwise.
 
-Measured (resnet_tiny, 8 segments, 64x64 input, 12 epochs SGD on the default 8 classes, CPU):
-TCP head 99.4 % val top-1; GAP head 55 % (99 % pair accuracy x chance within pairs).
+Measured with ``tcpnet demo`` (resnet_tiny, 8 segments, 64x64, 24 frames, 48 train / 16 val
+videos per class, 15 epochs SGD, CPU, generator version 2): TCP head 97.7 % val top-1 (100 %
+within pairs); GAP head 54.7 % top-1, within-pair 59.4 % on those 128 val videos but 49.5 % on
+768 further held-out videos -- chance: a 128-video within-pair accuracy has a standard error of
+4.4 points.
 
 On disk (``make_synthetic_dataset``)::
 
-    out_dir/videos/<split>/<class_name>/<NNNNN>.mp4   H.264 (libx264, yuv420p, short GOP)
+    out_dir/videos/<split>/<class_name>/<NNNNN>.mp4   H.264 (libx264, yuv420p, intra-only, constant QP)
     out_dir/train.txt, out_dir/val.txt                 list files, one video per line:
                                                        "videos/train/grow/00003.mp4 32 2"
                                                        = <path relative to out_dir> <num_frames> <label>
@@ -53,6 +56,20 @@ Generation is deterministic: each video's parameters come from
 order; frames are converted to YUV in NumPy and encoded single-threaded without x264's mbtree
 (see ``prepare.H264Writer``), which makes the files byte-identical between runs, worker
 counts and processes on the same machine and libx264 build (checked by the tests).
+
+Why intra-only at a constant quantiser (``write_clip``, generator version 2): the two classes of
+a pair must still be exact time reversals *after* coding, or single decoded frames could carry the
+order.  With P/B frames (version 1: crf 23, gop 8) they were not: ``decode(encode(x[::-1]))``
+differed from ``decode(encode(x))[::-1]`` by 3.7 grey levels on average (motion-compensated
+prediction, residuals at the uncovered trailing edge, the keyframe pattern and crf rate control
+all depend on the direction of time; intra-only at crf 23 still differed by 1.1, through rate
+control).  A GAP model trained on version-1 data scored the coded reversal of a clip
+systematically differently from the clip (paired t = 2.8, 192 pairs) -- a real but weak leak
+(its within-pair accuracy on fresh clips was 53 % / 47 %, as with lossless frames).  With every
+frame an IDR frame at one fixed QP each frame is coded from itself alone, so the decoded reversed
+clip IS the reversed decoded clip, exactly (``tests/test_synthetic.py`` checks it bit for bit).
+QP 28 distorts the (noisy) input about as much as crf 23 with P/B frames did (PSNR vs the encoder
+input ~30 / 31 dB at 64 / 112 px) at ~1.1-1.3x the file size.
 """
 from __future__ import annotations
 
@@ -75,7 +92,7 @@ from tcpnet.data.prepare import mp_context, write_video
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: intra-only constant-QP coding (1 had P/B frames: order leak)
 SPLITS = ("train", "val")
 
 # (kind, forward class name, reversed class name); class 2k is forward, 2k+1 its time reversal.
@@ -90,6 +107,8 @@ PAIR_KINDS: tuple[tuple[str, str, str], ...] = (
 MAX_CLASSES = 2 * len(PAIR_KINDS)
 SHAPES = ("disk", "square", "triangle", "ring")
 OUTLINE_RGB = (25.0, 25.0, 25.0)
+QP = 28  # constant H.264 quantiser of the intra-only videos (see the module docstring)
+PRESET = "veryfast"
 
 
 def default_class_names(num_classes: int = 8) -> list[str]:
@@ -409,11 +428,26 @@ def _check_class_names(names: Sequence[str], num_classes: int) -> list[str]:
     return names
 
 
-def _render_and_write(job: tuple[dict[str, Any], str, int, int, int, str]) -> str:
-    params_dict, path, fps, crf, gop, preset = job
-    frames = render(SyntheticParams.from_dict(params_dict))
-    write_video(path, frames, fps=fps, crf=crf, gop=gop, preset=preset)
+def write_clip(path: Union[str, os.PathLike], frames: np.ndarray, *, fps: int = 16, qp: int = QP,
+               preset: str = PRESET) -> Path:
+    """Encode a synthetic clip as the dataset does: H.264 with every frame intra-coded at the
+    constant quantiser ``qp``, so each decoded frame depends on its own input frame only
+    (reversing the input reverses the decoded video exactly; no order leaks into single frames)."""
+    return write_video(path, frames, fps=fps, gop=1, qp=qp, preset=preset)
+
+
+def _render_and_write(job: tuple[dict[str, Any], str, int, int, str]) -> str:
+    params_dict, path, fps, qp, preset = job
+    write_clip(path, render(SyntheticParams.from_dict(params_dict)), fps=fps, qp=qp, preset=preset)
     return path
+
+
+_CODEC_KEYS = ("generator_version", "codec", "pix_fmt", "coding", "crf", "gop", "qp", "preset")
+
+
+def _drop_codec(settings: dict[str, Any]) -> dict[str, Any]:
+    """Manifest settings without the generator version and coding fields (which change with it)."""
+    return {k: v for k, v in settings.items() if k not in _CODEC_KEYS}
 
 
 def make_synthetic_dataset(
@@ -429,14 +463,14 @@ def make_synthetic_dataset(
     overwrite: bool = False,
     *,
     noise_std: float = 6.0,
-    crf: int = 23,
-    gop: int = 8,
-    preset: str = "veryfast",
+    qp: int = QP,
+    preset: str = PRESET,
     workers: Optional[int] = None,
     progress: bool = True,
 ) -> SyntheticDataset:
     """Generate the synthetic order-dependent dataset in ``out_dir`` (or reuse it if a complete one
-    with the same settings is there); see the module docstring for the layout and classes."""
+    with the same settings is there); see the module docstring for the layout and classes.
+    Videos are intra-only H.264 at constant quantiser ``qp`` (see ``write_clip``)."""
     t0 = time.perf_counter()
     _check_num_classes(num_classes)
     names = _check_class_names(classes if classes is not None else default_class_names(num_classes),
@@ -453,7 +487,7 @@ def make_synthetic_dataset(
         "num_classes": num_classes, "classes": names, "train_per_class": int(train_per_class),
         "val_per_class": int(val_per_class), "num_frames": int(num_frames), "size": int(size),
         "fps": int(fps), "noise_std": float(noise_std), "codec": "libx264", "pix_fmt": "yuv420p",
-        "crf": int(crf), "gop": int(gop), "preset": preset,
+        "coding": "intra-only", "gop": 1, "qp": int(qp), "preset": preset,
         "list_format": "<path relative to root> <num_frames> <label>",
     }
     manifest_file = root / "manifest.json"
@@ -469,15 +503,23 @@ def make_synthetic_dataset(
         except json.JSONDecodeError as e:
             raise ValueError(f"{manifest_file}: not valid JSON ({e}); pass overwrite=True to regenerate") from e
         old_settings = {k: v for k, v in old.items() if k not in ("complete", "seconds")}
-        if old_settings != settings:
+        stale = old.get("format") == settings["format"] and old.get("generator_version") != GENERATOR_VERSION
+        if stale and _drop_codec(old_settings) == _drop_codec(settings):
+            # Same dataset request, written by another generator version (e.g. 1: P/B-frame coding
+            # that leaked the order): our own cache, outdated -> regenerate it.
+            logger.warning("%s: synthetic dataset of generator version %s; regenerating with version %d",
+                           root, old.get("generator_version"), GENERATOR_VERSION)
+            overwrite = True
+        elif old_settings != settings:
             diff = sorted(k for k in set(old_settings) | set(settings) if old_settings.get(k) != settings.get(k))
             raise FileExistsError(f"{root}: holds a synthetic dataset with different settings "
                                   f"(differs in {diff}); pass overwrite=True or use another out_dir")
-        if old.get("complete") and all(p.exists() for p in files.values()):
+        elif old.get("complete") and all(p.exists() for p in files.values()):
             logger.info("synthetic dataset at %s already exists with the same settings: reusing it", root)
             return SyntheticDataset(root=root, **files, class_names=names, num_videos=counts, reused=True,
                                     seconds=time.perf_counter() - t0)
-        resume = True  # same settings, interrupted: keep the videos already written
+        else:
+            resume = True  # same settings, interrupted: keep the videos already written
     if overwrite:
         for p in files.values():
             p.unlink(missing_ok=True)
@@ -499,7 +541,7 @@ def make_synthetic_dataset(
                 rows.append({"path": rel, "split": split, "label": label, "class_name": name,
                              "params": p.to_dict()})
                 if not (resume and (root / rel).exists()):
-                    jobs.append((p.to_dict(), str(root / rel), fps, crf, gop, preset))
+                    jobs.append((p.to_dict(), str(root / rel), fps, int(qp), preset))
 
     workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
     logger.info("generating %d synthetic videos in %s (%d skipped, workers=%d)", len(jobs), root,
