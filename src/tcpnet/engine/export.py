@@ -14,12 +14,13 @@ clip with a batch size different from the one exported with, and compares to PyT
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Iterator, Union
 
 import torch
 from torch import nn
@@ -66,6 +67,16 @@ def _metadata(model: nn.Module) -> dict:
     }
 
 
+@contextlib.contextmanager
+def _quiet_tracing() -> Iterator[None]:
+    """Silence what tracing/exporting always says about these models: shape checks (Python
+    bools/ints) and the constant triu index become constants, and torch.jit is deprecated."""
+    with warnings.catch_warnings():
+        for category in (torch.jit.TracerWarning, DeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", category=category)
+        yield
+
+
 def export_onnx(model: nn.Module, path: Union[str, Path], *, exporter: str = "dynamo", opset: int = 18,
                 batch_size: int = 2) -> Path:
     """Write ``model`` (eval mode) to ONNX with a dynamic batch axis and tcpnet metadata."""
@@ -75,10 +86,7 @@ def export_onnx(model: nn.Module, path: Union[str, Path], *, exporter: str = "dy
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     x = example_input(model, batch_size)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
+    with torch.no_grad(), _quiet_tracing():
         if exporter == "dynamo":
             batch = torch.export.Dim("batch", min=1, max=4096)
             program = torch.onnx.export(model, (x,), dynamo=True, input_names=["clips"], output_names=["logits"],
@@ -105,11 +113,7 @@ def export_torchscript(model: nn.Module, path: Union[str, Path], *, batch_size: 
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     x = example_input(model, batch_size)
-    with torch.no_grad(), warnings.catch_warnings():
-        # shape checks (Python bools/ints) and the constant triu index are expected in the trace
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
+    with torch.no_grad(), _quiet_tracing():
         traced = torch.jit.trace(model, (x,), check_trace=False)
         # torch.jit is deprecated in favour of torch.export (whose .pt2 files need torch to run
         # too); TorchScript is still what C++/mobile deployments load, so we keep it as a format

@@ -46,6 +46,13 @@ def _strip_wrappers(name: str) -> str:
     return name
 
 
+def _add_weight_and_bias(groups: Dict[str, List[nn.Parameter]], m: nn.Module, weight_group: str,
+                         bias_group: str) -> None:
+    groups[weight_group].append(m.weight)
+    if m.bias is not None:
+        groups[bias_group].append(m.bias)
+
+
 def build_param_groups(model: nn.Module, *, lr_x_factor: float = 5.0, partial_bn: bool = False,
                        pretrained_dim: Optional[int] = None) -> List[dict]:
     """Split a Recognizer's parameters into the authors' 11 groups (SPEC §4.1).
@@ -70,30 +77,16 @@ def build_param_groups(model: nn.Module, *, lr_x_factor: float = 5.0, partial_bn
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             if not first_conv_seen:
                 first_conv_seen = True
-                groups["first_conv_weight"].append(m.weight)
-                if m.bias is not None:
-                    groups["first_conv_bias"].append(m.bias)
-            elif in_tcp:
-                groups["TCP_weight"].append(m.weight)
-                if m.bias is not None:
-                    groups["TCP_bias"].append(m.bias)
+                kind = "first_conv"
             else:
-                groups["normal_weight"].append(m.weight)
-                if m.bias is not None:
-                    groups["normal_bias"].append(m.bias)
+                kind = "TCP" if in_tcp else "normal"
+            _add_weight_and_bias(groups, m, f"{kind}_weight", f"{kind}_bias")
         elif isinstance(m, nn.Linear):
             if name == "fc":
-                groups["lr5_weight"].append(m.weight)
-                if m.bias is not None:
-                    groups["lr10_bias"].append(m.bias)
-            elif in_tcp:  # the TCA MLP, if built from Linear layers
-                groups["TCP_weight"].append(m.weight)
-                if m.bias is not None:
-                    groups["TCP_bias"].append(m.bias)
+                _add_weight_and_bias(groups, m, "lr5_weight", "lr10_bias")
             else:
-                groups["normal_weight"].append(m.weight)
-                if m.bias is not None:
-                    groups["normal_bias"].append(m.bias)
+                kind = "TCP" if in_tcp else "normal"
+                _add_weight_and_bias(groups, m, f"{kind}_weight", f"{kind}_bias")
         elif isinstance(m, _BatchNorm):
             params = [p for p in (m.weight, m.bias) if p is not None]
             if in_tcp:
