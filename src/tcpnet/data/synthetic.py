@@ -29,11 +29,11 @@ Motion is linear in time over the *whole* clip, so any 8 frames taken by TSN seg
 show it.  Do NOT train with horizontal flips (or temporal reversal): a flip turns move_right
 into move_left and clockwise into counter-clockwise.
 
-Measured with ``tcpnet demo`` (resnet_tiny, 8 segments, 64x64, 24 frames, 48 train / 16 val
-videos per class, 15 epochs SGD, CPU, generator version 2): TCP head 97.7 % val top-1 (100 %
-within pairs); GAP head 54.7 % top-1, within-pair 59.4 % on those 128 val videos but 49.5 % on
-768 further held-out videos -- chance: a 128-video within-pair accuracy has a standard error of
-4.4 points.
+Measured with ``tcpnet demo`` (resnet_tiny, 8 segments, 64x64, 24 frames, 48 train / 64 val
+videos per class, 15 epochs SGD, CPU, generator version 2): TCP head 97.5 % val top-1 (100 %
+within pairs); GAP head 44.9 % top-1 and 49.0 % within pairs (chance 50 %; with 512 val videos
+the standard error of that figure is 2.2 points -- an earlier 128-video val set gave 59-62 %
+by chance, while the same GAP model scored 49.5 % on 768 further videos).
 
 On disk (``make_synthetic_dataset``)::
 

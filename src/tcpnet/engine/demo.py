@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["run_demo", "within_pair_accuracy", "DEMO_DATA", "demo_config_path"]
 
 # The synthetic set the demo trains on: 8 classes = 4 time-reversal pairs, 64x64 frames.
-DEMO_DATA = dict(num_classes=8, train_per_class=48, val_per_class=16, num_frames=24, size=64)
+DEMO_DATA = dict(num_classes=8, train_per_class=48, val_per_class=64, num_frames=24, size=64)
 QUICK_DATA = dict(num_classes=8, train_per_class=12, val_per_class=4, num_frames=16, size=64)
 QUICK_TRAIN = ["train.epochs=2"]
 
