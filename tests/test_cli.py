@@ -272,6 +272,17 @@ def test_bad_inputs_give_one_error_line(run_dir, args, needles):
 
 
 @pytest.mark.slow
+def test_missing_videos_are_reported_up_front(run_dir):
+    """data.check_files: every missing video of a list is named before training starts."""
+    lines = (run_dir / "data" / "train.txt").read_text().splitlines()
+    (run_dir / "gappy.txt").write_text("\n".join(lines[:2] + ["videos/train/grow/gone_1.mp4 16 2",
+                                                             "videos/train/grow/gone_2.mp4 16 2"]) + "\n")
+    proc = tcpnet("train", "tiny.yaml", "data.train_list=gappy.txt", "output_dir=gappy_run", cwd=run_dir, check=False)
+    assert_one_line_error(proc, "gappy.txt", "data.train_list", "2 of 4 videos missing", "gone_1.mp4", "gone_2.mp4")
+    assert not (run_dir / "gappy_run" / "last.pt").exists()
+
+
+@pytest.mark.slow
 def test_debug_flag_shows_traceback(run_dir):
     proc = tcpnet("--debug", "train", "tiny.yaml", "train.epochz=3", cwd=run_dir, check=False)
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr

@@ -52,6 +52,7 @@ class DataConfig:
     multi_label: bool = False           # Charades-style labels: BCE loss, mAP metric
     crop_size: Optional[int] = None     # override the model's input_config.crop_size
     scale_size: Optional[int] = None    # override the model's input_config.scale_size
+    check_files: bool = True            # before training/testing, fail listing every missing video
 
 
 @dataclass

@@ -374,7 +374,7 @@ def check_records(records: Sequence[VideoRecord], root: PathLike = "",
     if missing:
         logger.warning("%d of %d videos missing under %s", len(missing), len(records), root)
         if raise_error:
-            shown = "\n  ".join(missing[:20])
-            more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
-            raise FileNotFoundError(f"{len(missing)} of {len(records)} videos missing:\n  {shown}{more}")
+            shown = ", ".join(missing[:20])
+            more = f" ... and {len(missing) - 20} more" if len(missing) > 20 else ""
+            raise FileNotFoundError(f"{len(missing)} of {len(records)} videos missing: {shown}{more}")
     return missing

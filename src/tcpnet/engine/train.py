@@ -93,11 +93,23 @@ def read_list(path: str, list_format: str = "auto", class_names=None, num_classe
 
 
 def read_lists(cfg: Config, class_names=None) -> Dict[str, list]:
-    """Records of the train/val/test lists that the config names."""
+    """Records of the train/val/test lists that the config names. With ``data.check_files`` every
+    listed video (or frame folder with its frame 1) must exist: all missing ones are reported at
+    once, up front, rather than one by one in the middle of an epoch."""
+    from tcpnet.data.annotations import check_records
+
     lists = {"train": cfg.data.train_list, "val": cfg.data.val_list, "test": cfg.data.test_list}
     list_format = "tsn" if (cfg.data.list_format == "auto" and cfg.data.format == "frames") else cfg.data.list_format
-    return {split: read_list(path, list_format, class_names, cfg.model.num_classes)
-            for split, path in lists.items() if path}
+    records = {split: read_list(path, list_format, class_names, cfg.model.num_classes)
+               for split, path in lists.items() if path}
+    if cfg.data.check_files:
+        template = cfg.data.frame_template if cfg.data.format != "video" else None
+        for split, recs in records.items():
+            try:
+                check_records(recs, cfg.data.root, frame_template=template)
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"{lists[split]} (data.{split}_list): {e}") from None
+    return records
 
 
 def infer_num_classes(records: Dict[str, list]) -> int:
