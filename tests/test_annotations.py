@@ -166,3 +166,16 @@ def test_record_list_pickles_with_class_names():
     rl = RecordList([VideoRecord("a", 3, 1)], class_names=["x", "y"])
     back = pickle.loads(pickle.dumps(rl))
     assert back == rl and back.class_names == ["x", "y"]
+
+
+def test_submodule_import_is_not_shadowed():
+    """`from tcpnet.data import annotations` must give the list-format module (a __future__
+    import in the package would bind that name to a feature object instead). Checked in a fresh
+    interpreter: importing the sub-module first, as this file does, would hide the bug."""
+    import subprocess
+    import sys
+
+    code = ("from tcpnet.data import annotations as m; "
+            "assert m.__name__ == 'tcpnet.data.annotations', m; print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

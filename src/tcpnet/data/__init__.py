@@ -1,6 +1,6 @@
 """Video data: readers, sampling, transforms, list formats, datasets, synthetic data, tools."""
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: it would bind the name `annotations`, which
+# must stay the sub-module `tcpnet.data.annotations`.
 import importlib
 from typing import Any
 
@@ -11,6 +11,8 @@ _LAZY = {
     "probe": "tcpnet.data.clip",
     "VideoInfo": "tcpnet.data.clip",
     "DecodeError": "tcpnet.data.clip",
+    "FrameIndexError": "tcpnet.data.clip",
+    "make_synthetic_dataset": "tcpnet.data.synthetic",
     "FrameSampler": "tcpnet.data.samplers",
     "TSNTrainSampler": "tcpnet.data.samplers",
     "TSNValSampler": "tcpnet.data.samplers",
