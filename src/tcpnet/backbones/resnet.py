@@ -10,7 +10,7 @@ from torch import nn
 
 from tcpnet.backbones.base import VideoBackbone, init_weights
 from tcpnet.backbones.registry import register_backbone
-from tcpnet.backbones.tsm import TemporalShift, check_shift_place, shift_round
+from tcpnet.backbones.tsm import TemporalShift, block_shift, check_shift_place, shift_round
 from tcpnet.input_config import InputConfig
 
 logger = logging.getLogger(__name__)
@@ -154,9 +154,7 @@ class ResNet(VideoBackbone):
             )
         layers: List[nn.Module] = []
         for i in range(blocks):
-            shift = None
-            if self.temporal_shift == "block" or (self.temporal_shift == "blockres" and i % n_round == 0):
-                shift = TemporalShift(num_segments, self.shift_div)
+            shift = block_shift(self.temporal_shift, i, n_round, num_segments, self.shift_div)
             layers.append(block(self.inplanes, planes, stride if i == 0 else 1,
                                 downsample if i == 0 else None, shift, self.temporal_shift))
             self.inplanes = planes * block.expansion

@@ -71,6 +71,15 @@ def shift_round(layer3_blocks: int) -> int:
     return 2 if layer3_blocks >= 23 else 1
 
 
+def block_shift(place: Optional[str], block_index: int, n_round: int, num_segments: int,
+                shift_div: int) -> Optional["TemporalShift"]:
+    """The shift module for block ``block_index`` of a stage, or None: 'block' shifts every
+    block, 'blockres' every ``n_round``-th one (TSM's placement, SPEC §2.4)."""
+    if place == "block" or (place == "blockres" and block_index % n_round == 0):
+        return TemporalShift(num_segments, shift_div)
+    return None
+
+
 def set_num_segments(module: nn.Module, num_segments: int) -> None:
     """Set ``num_segments`` on every temporal submodule of ``module`` (those that carry it)."""
     if num_segments < 1:
