@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tcpnet.data.annotations import (RecordList, VideoRecord, check_records, multi_hot,
+from tcpnet.data.annotations import (RecordList, VideoRecord, check_records, multi_hot, read_class_names,
                                      read_charades, read_class_folders, read_frame_list,
                                      read_hmdb51_split, read_something_v1, read_something_v1_labels,
                                      read_ucf101_class_ind, read_ucf101_split, read_video_list)
@@ -179,3 +179,9 @@ def test_submodule_import_is_not_shadowed():
             "assert m.__name__ == 'tcpnet.data.annotations', m; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_empty_class_name_file_is_refused(tmp_path):
+    (tmp_path / "classes.txt").write_text("\n  \n")
+    with pytest.raises(ValueError, match="classes.txt: class name file is empty"):
+        read_class_names(tmp_path / "classes.txt")

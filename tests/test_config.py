@@ -91,3 +91,13 @@ def test_demo_configs_differ_only_in_model():
     d1["model"].pop("kwargs"), d2["model"].pop("kwargs")
     d1.pop("output_dir"), d2.pop("output_dir")
     assert d1 == d2
+
+
+def test_views_are_checked_when_the_config_loads():
+    """test.views goes through the data pipeline's parser at load time: a crop count the
+    pipeline cannot produce fails at once, naming the key, instead of at test time."""
+    from tcpnet.config import ConfigError, load_config
+
+    assert load_config(None, ["test.views=3x10"]).test.views == "3x10"
+    with pytest.raises(ConfigError, match=r"test\.views: .*crops must be 1, 3, 5 or 10, got 4"):
+        load_config(None, ["test.views=4x2"])

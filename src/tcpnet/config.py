@@ -108,11 +108,13 @@ _CHOICES = {
 
 
 def parse_views(views: str) -> tuple:
-    """'3x10' -> (3 crops, 10 clips)."""
-    m = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", str(views))
-    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-        raise ConfigError(f"test.views: expected '<crops>x<clips>' such as '1x1' or '3x10', got {views!r}")
-    return int(m.group(1)), int(m.group(2))
+    """'3x10' -> (3 crops, 10 clips), checked at load time by the data pipeline's own parser."""
+    from tcpnet.data.transforms import parse_views as parse
+
+    try:
+        return parse(views)
+    except ValueError as e:
+        raise ConfigError(f"test.views: {e}") from None
 
 
 def _describe(e: OmegaConfBaseException, source: str) -> str:

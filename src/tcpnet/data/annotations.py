@@ -80,6 +80,8 @@ def _int_field(value: str, where: str, what: str) -> int:
 def read_class_names(path: PathLike) -> List[str]:
     """A label file: one class name per line, class id = line order (blank lines skipped)."""
     names = [line for _, line in _lines(path)]
+    if not names:
+        raise ValueError(f"{path}: class name file is empty")
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise ValueError(f"{path}: duplicate class names {sorted(dup)}")

@@ -11,10 +11,16 @@ from typing import Any, Dict, List, Optional, Union
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunLogger", "read_jsonl", "plot_curves"]
+__all__ = ["RunLogger", "read_jsonl", "plot_curves", "jsonable"]
 
 
-def _jsonable(v: Any) -> Any:
+def jsonable(v: Any) -> Any:
+    """``v`` with 0-d tensors/NumPy scalars as Python numbers, containers converted recursively
+    and non-finite floats as JSON-safe values (NaN -> null, inf -> "inf")."""
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
     if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
@@ -40,7 +46,7 @@ class RunLogger:
         """One JSON line ``{"event": ..., "time": ..., **fields}``."""
         if not self.enabled:
             return
-        rec = {"event": event, "time": round(time.time(), 3), **{k: _jsonable(v) for k, v in fields.items()}}
+        rec = {"event": event, "time": round(time.time(), 3), **{k: jsonable(v) for k, v in fields.items()}}
         with open(self.jsonl_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
 

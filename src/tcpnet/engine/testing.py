@@ -19,7 +19,6 @@ import csv
 import dataclasses
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -31,6 +30,7 @@ from torch.utils.data import DataLoader
 from tcpnet.config import Config
 from tcpnet.engine.distributed import cleanup_distributed, init_distributed, shard_indices
 from tcpnet.engine.evaluate import FUSIONS, evaluate, fuse_views
+from tcpnet.engine.logs import jsonable
 from tcpnet.engine.metrics import classification_metrics, per_class_accuracy
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def load_models(paths: Sequence[str], device: torch.device) -> List[torch.nn.Mod
 
 
 def _class_names(cfg: Config, models: Sequence[torch.nn.Module], num_classes: int) -> Optional[List[str]]:
-    from tcpnet.engine.train import read_class_names
+    from tcpnet.data.annotations import read_class_names
 
     names = read_class_names(cfg.data.class_names) if cfg.data.class_names else getattr(models[0], "class_names", None)
     if names is not None and len(names) != num_classes:
@@ -115,18 +115,6 @@ def _test_list(cfg: Config) -> str:
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: test list not found")
     return path
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, (np.generic, torch.Tensor)) and np.ndim(v) == 0:
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 def write_confusion_matrix(cm: np.ndarray, class_names: Optional[Sequence[str]], csv_path: Path,
@@ -250,7 +238,7 @@ def run_test(cfg: Config, checkpoints: Union[str, Sequence[str], None] = None,
             acc = per_class_accuracy(cm)
             names = class_names or [str(i) for i in range(num_classes)]
             summary["per_class_accuracy"] = {n: 100.0 * float(a) for n, a in zip(names, acc)}
-        summary = _jsonable(summary)
+        summary = jsonable(summary)
 
         result = TestResult(metrics=summary, scores=scores, view_logits=all_logits, targets=targets,
                             paths=rec_paths or [], class_names=class_names)

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from tcpnet.config import Config, config_to_dict, save_config
+from tcpnet.data.annotations import read_class_names
 from tcpnet.engine.checkpoint import (capture_rng_state, load_training_checkpoint, model_fields,
                                       restore_rng_state, save_atomic, unwrap_model)
 from tcpnet.engine.distributed import (all_gather_objects, cleanup_distributed, init_distributed,
@@ -56,15 +57,6 @@ class IndexedSubset(Dataset):
     def __getitem__(self, i: int):
         clip, target = self.dataset[self.indices[i]][:2]
         return clip, target, self.indices[i]
-
-
-def read_class_names(path: Optional[str]) -> Optional[List[str]]:
-    if not path:
-        return None
-    names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    if not names:
-        raise ValueError(f"{path}: data.class_names file is empty")
-    return names
 
 
 LIST_FORMATS = ("auto", "tsn", "video", "charades")
@@ -163,7 +155,7 @@ def train(cfg: Config) -> Dict[str, Any]:
     # ------------------------------------------------------------------ model
     from tcpnet.models import build_model
 
-    class_names = read_class_names(cfg.data.class_names)
+    class_names = read_class_names(cfg.data.class_names) if cfg.data.class_names else None
     records = read_lists(cfg, class_names)
     if "train" not in records:
         raise ValueError("data.train_list is not set")
