@@ -13,11 +13,24 @@ def _centred_cov(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.bmm(xc, xc.transpose(1, 2)).div_(x.shape[-1]), mean
 
 
+def _covariance_backward_tracked(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """dX = (G + Gᵀ)/M · (X − μ1ᵀ) in out-of-place ops, μ recomputed from X.
+
+    The μ saved by the forward was computed without grad tracking; its dependence on X matters
+    for the second derivative (δ(dX) = S·δX·(I − 11ᵀ/M), S = (G + Gᵀ)/M), so it is recomputed here.
+    """
+    with no_autocast(x.device):
+        mean = x.mean(dim=-1, keepdim=True)
+        sym = (grad + grad.transpose(1, 2)) / x.shape[-1]
+        return torch.baddbmm(torch.bmm(sym, mean).neg(), sym, x)
+
+
 class _Covariance(torch.autograd.Function):
     """Σ = (X − μ)(X − μ)ᵀ / M; the backward needs X and μ only, not the centred copy.
 
     Saves only X (which the caller usually keeps anyway, e.g. as a ReLU output) and μ (B, d, 1),
     so no M-sized tensor is held between forward and backward beyond X itself.
+    The backward is twice differentiable: under ``create_graph=True`` it is built from tracked ops.
     """
 
     @staticmethod
@@ -30,6 +43,8 @@ class _Covariance(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         x, mean = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a backward that autograd can differentiate
+            return _covariance_backward_tracked(grad, x)
         with no_autocast(x.device):
             m = x.shape[-1]
             # dX = (G + Gᵀ)/M · (X − μ1ᵀ) (the mean's own derivative vanishes: the rows of X − μ1ᵀ

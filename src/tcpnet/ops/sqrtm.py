@@ -38,7 +38,11 @@ def _ns_forward(a: torch.Tensor, iters: int) -> tuple[torch.Tensor, list[torch.T
 def _ns_backward(
     g: torch.Tensor, a: torch.Tensor, ys: list[torch.Tensor], zs: list[torch.Tensor], iters: int
 ) -> torch.Tensor:
-    """Exact adjoint of `_ns_forward` w.r.t. A, valid for general (not only symmetric) A and G."""
+    """Exact adjoint of `_ns_forward` w.r.t. A, valid for general (not only symmetric) A and G.
+
+    Differentiable by autograd when given tracked inputs: it updates in place only fresh products
+    that no recorded op saves (autograd's version check would raise otherwise, never miscompute).
+    """
     b, d, _ = a.shape
     i3 = _eye3(b, d, a)
     tr = lambda m: m.transpose(1, 2)  # noqa: E731
@@ -75,10 +79,35 @@ def _ns_sqrtm(cov: torch.Tensor, iters: int):
     return out, a, r, trace, ys, zs
 
 
+def _ns_backward_tracked(g: torch.Tensor, cov: torch.Tensor, iters: int) -> torch.Tensor:
+    """The iSQRT gradient w.r.t. Σ in ops that autograd tracks (for ``create_graph=True``).
+
+    The iterates saved by the forward carry no history, so they are recomputed from the saved
+    (tracked) Σ; the formula is the one of the fast backward, written out of place. At tr Σ = 0 the
+    derivative of sqrt(tr Σ) is replaced by its limit 0, as in the fast backward, and the guarded
+    square root keeps higher derivatives finite there.
+    """
+    d = cov.shape[-1]
+    with no_autocast(cov.device):
+        trace = cov.diagonal(dim1=1, dim2=2).sum(-1)
+        denom = trace + TRACE_EPS
+        a = cov / denom[:, None, None]
+        r, ys, zs = _ns_forward(a, iters)
+        pos = trace > 0
+        s = torch.where(pos, torch.where(pos, trace, 1.0).sqrt(), 0.0)  # sqrt(max(tr, 0)), finite slope
+        half_inv_s = torch.where(pos, 0.5 / torch.where(pos, s, 1.0), 0.0)
+        g_trace = (g * r).sum((1, 2)) * half_inv_s
+        da = _ns_backward(g * s[:, None, None], a, ys, zs, iters)
+        g_trace = g_trace - (da * cov).sum((1, 2)) / denom.square()
+        eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
+        return da / denom[:, None, None] + g_trace[:, None, None] * eye
+
+
 class _SqrtmNewtonSchulz(torch.autograd.Function):
     """Published iSQRT forward; backward = exact gradient of this forward (eps included).
 
-    Saves only d×d tensors (Σ, A, R, the iterates), never anything M-sized.
+    Saves only d×d tensors (Σ, A, R, the iterates), never anything M-sized. The backward is twice
+    differentiable: under ``create_graph=True`` it is recomputed from Σ in tracked ops.
     """
 
     @staticmethod
@@ -93,6 +122,8 @@ class _SqrtmNewtonSchulz(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         cov, a, r, trace, *its = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a backward that autograd can differentiate
+            return _ns_backward_tracked(g, cov, ctx.iters), None
         ys, zs = its[: ctx.n_iterates], its[ctx.n_iterates :]
         with no_autocast(cov.device):
             s = trace.clamp_min(0).sqrt()
@@ -127,6 +158,44 @@ def sqrtm_newton_schulz(cov: torch.Tensor, iters: int = 3) -> torch.Tensor:
         return _ns_sqrtm(cov, int(iters))[0]
 
 
+def _sylvester_eig(g: torch.Tensor, v: torch.Tensor, root: torch.Tensor) -> torch.Tensor:
+    """X with S X + X S = G for S = V diag(root) Vᵀ: V [(Vᵀ G V) / (root_i + root_j)] Vᵀ.
+
+    Pairs with root_i + root_j = 0 (both eigenvalues zero) get 0: the minimum-norm solution.
+    """
+    vt = v.transpose(1, 2)
+    inner = torch.bmm(torch.bmm(vt, g), v)
+    den = root[:, :, None] + root[:, None, :]
+    inner = torch.where(den > 0, inner / torch.where(den > 0, den, 1.0), 0.0)
+    return torch.bmm(torch.bmm(v, inner), vt)
+
+
+class _EighRootVjp(torch.autograd.Function):
+    """Gradient of the eigh root as a function of (Σ, G): X = L⁻¹(sym G), L(X) = S X + X S, S = √Σ.
+
+    ``cov`` only carries Σ's autograd history (V and root, its eigendecomposition, are given). With L
+    self-adjoint, K = L⁻¹(sym H) is the gradient w.r.t. G and, as dS = L⁻¹(dΣ) and dL⁻¹ = −L⁻¹ dL L⁻¹,
+    −L⁻¹(K X + X K) the one w.r.t. Σ (the symmetric gradient, as at first order). The backward
+    applies this same function, so derivatives of any order are exact for positive definite Σ, and
+    none has the 1/(λ_i − λ_j) of autograd through eigh.
+    """
+
+    @staticmethod
+    def forward(ctx, cov: torch.Tensor, g: torch.Tensor, v: torch.Tensor, root: torch.Tensor) -> torch.Tensor:
+        with no_autocast(g.device):
+            x = _sylvester_eig(0.5 * (g + g.transpose(1, 2)), v, root)
+        ctx.save_for_backward(cov, x, v, root)
+        return x
+
+    @staticmethod
+    def backward(ctx, h: torch.Tensor):
+        cov, x, v, root = ctx.saved_tensors
+        with no_autocast(h.device):
+            k = _EighRootVjp.apply(cov, h, v, root)
+            dcov = _EighRootVjp.apply(cov, torch.bmm(k, x) + torch.bmm(x, k), v, root).neg()
+        return dcov, k, None, None
+
+
 class _SqrtmEigh(torch.autograd.Function):
     """Exact principal square root V diag(sqrt λ) Vᵀ of a symmetric PSD matrix.
 
@@ -134,6 +203,8 @@ class _SqrtmEigh(torch.autograd.Function):
     dΣ = V [(Vᵀ G V) / (sqrt λ_i + sqrt λ_j)] Vᵀ. Unlike autograd through eigh, this has no
     1/(λ_i − λ_j) and stays finite for repeated eigenvalues; pairs with sqrt λ_i + sqrt λ_j = 0
     (both eigenvalues zero, where the root is not differentiable) get gradient 0.
+    The backward is twice differentiable: under ``create_graph=True`` it is `_EighRootVjp`, which
+    is why Σ is saved too (one more d×d tensor; V and the roots alone carry no history).
     """
 
     @staticmethod
@@ -142,12 +213,14 @@ class _SqrtmEigh(torch.autograd.Function):
             lam, v = torch.linalg.eigh(cov)
             root = lam.clamp_min(0).sqrt()
             out = torch.bmm(v * root[:, None, :], v.transpose(1, 2))
-        ctx.save_for_backward(v, root)
+        ctx.save_for_backward(cov, v, root)
         return out
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        v, root = ctx.saved_tensors
+        cov, v, root = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a backward that autograd can differentiate
+            return _EighRootVjp.apply(cov, g, v, root)
         with no_autocast(v.device):
             vt = v.transpose(1, 2)
             gs = 0.5 * (g + g.transpose(1, 2))  # the input is symmetric: only sym(G) is meaningful
