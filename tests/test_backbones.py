@@ -4,6 +4,7 @@ ordering). Tolerances: float32 recomputations of the same ops in another order a
 relative; we allow 1e-5 (atol 1e-5 on O(1) values)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -14,9 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from tcpnet.backbones import (PreactBottleneck, PreactResNet, ShiftConv, TEABottleneck,
-                              MotionExcitation, TemporalShift, create_backbone, list_backbones,
-                              temporal_shift)
+                              MotionExcitation, TemporalShift, backbone_input_config,
+                              create_backbone, list_backbones, temporal_shift)
+from tcpnet.heads import GAPHead
 from tcpnet.input_config import IMAGENET_MEAN, IMAGENET_STD
+from tcpnet.models import Recognizer
 
 REF = Path(__file__).parent / "data" / "reference"
 PREFIX = "module.base_model."
@@ -76,33 +79,39 @@ def test_registry_has_contract_names_and_rejects_unknown():
 ])
 def test_num_features_and_input_config(name, features, crop, scale, raw):
     m = create_backbone(name, num_segments=5)
-    cfg = m.input_config
-    assert m.num_features == features and m.num_segments == 5 and cfg.num_segments == 5
+    cfg = backbone_input_config(name)  # registered with the factory; the model keeps the one copy
+    assert m.num_features == features and m.num_segments == 5 and m.layout == "frames"
     assert (cfg.crop_size, cfg.scale_size) == (crop, scale)
-    if raw:  # SPEC §2.2: raw 0-255 pixels, bn_data normalises
+    if raw:  # the MXNet R152 takes raw 0-255 pixels, bn_data normalises
         assert cfg.mean == (0.0, 0.0, 0.0) and cfg.std == (1.0, 1.0, 1.0) and cfg.value_scale == 1.0
     else:
         assert cfg.mean == IMAGENET_MEAN and cfg.std == IMAGENET_STD
         assert cfg.value_scale == pytest.approx(1 / 255)
-    m.num_segments = 3  # the setter keeps input_config in step
-    assert m.input_config.num_segments == 3
+    with pytest.raises(AttributeError, match="read-only.*set_num_segments"):
+        m.num_segments = 3  # T belongs to the model: Recognizer.set_num_segments
+    assert m.num_segments == 5 and not hasattr(m, "input_config")
+    model = Recognizer(m, GAPHead(features), 2, input_config=cfg)
+    assert model.num_segments == 5 and model.input_config == dataclasses.replace(cfg, num_segments=5)
+    model.set_num_segments(3)
+    assert m.num_segments == 3 and model.input_config.num_segments == 3
 
 
 @pytest.mark.parametrize("name,last_stride,hw", [
     ("resnet50", 1, 14), ("resnet50", 2, 7), ("resnet18", 1, 14), ("resnet18", 2, 7),
-    ("tea_r50", 1, 14), ("preact_resnet152", 1, 14),
+    ("tea_r50", None, 14), ("preact_resnet152", 1, 14),
 ])
 def test_output_shape_at_224(name, last_stride, hw):
-    m = create_backbone(name, num_segments=1, last_stride=last_stride).eval()
+    kw = {} if last_stride is None else dict(last_stride=last_stride)  # TEA's is always 1
+    m = create_backbone(name, num_segments=1, **kw).eval()
     with torch.no_grad():
         y = m(torch.randn(1, 3, 224, 224))
     assert y.shape == (1, m.num_features, hw, hw)
 
 
 def test_tea_rejects_options_it_does_not_have():
-    with pytest.raises(ValueError, match="last_stride"):
+    with pytest.raises(TypeError, match="last_stride"):
         create_backbone("tea_r50", last_stride=2)
-    with pytest.raises(ValueError, match="temporal_shift"):
+    with pytest.raises(TypeError, match="temporal_shift"):
         create_backbone("tea_r50", temporal_shift="blockres")
     with pytest.raises(ValueError, match="temporal_shift must be None or one of"):
         create_backbone("resnet18", temporal_shift="left")
@@ -112,7 +121,7 @@ def test_tea_rejects_options_it_does_not_have():
 
 def test_resnet50_keys_and_shapes_equal_published_tsn_checkpoint():
     expected = _reference_backbone_shapes("tcp_tsn_r50_8f")
-    assert len(expected) == 349 - 29 - 2  # SPEC §3.2: 349 = backbone + 29 TCP + 2 new_fc
+    assert len(expected) == 349 - 29 - 2  # 349 = backbone + 29 TCP + 2 new_fc
     for shift in (None, "blockres", "block"):  # TSM is parameter-free: same keys
         got = _shapes(create_backbone("resnet50", temporal_shift=shift))
         assert got == expected, shift
@@ -127,8 +136,8 @@ def test_tea_keys_and_shapes_equal_published_tea_checkpoint():
 
 
 def _preact152_expected() -> list:
-    """SPEC §3.4 written out: bn_data, conv1, bn1, blocks (bn1 conv1 bn2 conv2 bn3 conv3
-    [downsample.0]), bn2."""
+    """The released R152 layout written out: bn_data, conv1, bn1, blocks (bn1 conv1 bn2 conv2 bn3
+    conv3 [downsample.0]), bn2."""
     keys = _bn_keys("bn_data", 3) + [("conv1.weight", (64, 3, 7, 7))] + _bn_keys("bn1", 64)
     inplanes = 64
     for layer, (planes, blocks) in enumerate(zip((64, 128, 256, 512), (3, 8, 36, 3)), start=1):
@@ -214,8 +223,9 @@ def test_resnet_tiny_configurable_and_any_t():
     m = create_backbone("resnet_tiny", widths=(8, 16, 32, 64), blocks=(1, 2, 1, 1),
                         num_segments=3, temporal_shift="blockres").eval()
     assert m.num_features == 64 and len(m.layer2) == 2
+    model = Recognizer(m, GAPHead(64), 2)  # the owner of T
     for t in (1, 3, 4):
-        m.num_segments = t
+        model.set_num_segments(t)
         assert all(s.num_segments == t for s in m.modules() if isinstance(s, TemporalShift))
         with torch.no_grad():
             assert m(torch.randn(2 * t, 3, 48, 48)).shape == (2 * t, 64, 3, 3)
@@ -391,15 +401,6 @@ def test_tea_any_num_segments(t):
     assert y.shape == (t, 2048, 2, 2) and torch.isfinite(y).all()
     with pytest.raises(ValueError, match=f"num_segments={t}"):
         m(torch.randn(t + 1, 3, 32, 32))
-
-
-def test_tea_num_segments_setter_reaches_every_temporal_module():
-    m = create_backbone("tea_r50", num_segments=8)
-    m.num_segments = 2
-    temporal = [s for s in m.modules() if isinstance(s, (ShiftConv, MotionExcitation))]
-    assert len(temporal) == 16 * 5 and all(s.num_segments == 2 for s in temporal)
-    with torch.no_grad():
-        assert m.eval()(torch.randn(4, 3, 32, 32)).shape == (4, 2048, 2, 2)
 
 
 # ---------------------------------------------------------------- pre-activation ResNet

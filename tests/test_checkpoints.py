@@ -170,9 +170,9 @@ def test_strict_error_caps_long_lists_but_gives_counts():
 def test_authors_file_variants(tmp_path, variant):
     src = randomized(tiny())
     sd = authors_state(src, module=variant == "dataparallel")
-    if variant == "classifier":  # test_models.py legacy name (SPEC §3.8)
+    if variant == "classifier":  # the legacy TSN classifier name
         sd = {k.replace("new_fc.", "base_model.classifier."): v for k, v in sd.items()}
-    if variant == "dropout0":  # --dropout 0 keeps the classifier as base_model.fc (§7.3 item 42)
+    if variant == "dropout0":  # --dropout 0 keeps the classifier as base_model.fc
         sd = {k.replace("new_fc.", "base_model.fc."): v for k, v in sd.items()}
     dst = tiny(seed=5)
     report = load_checkpoint(dst, released(sd, tmp_path / "r.pth"))
@@ -181,7 +181,7 @@ def test_authors_file_variants(tmp_path, variant):
 
 
 def _old_names(style: str) -> Dict[str, str]:
-    """Current authors' head sub-keys -> old iSQRT ones for both styles of §3.5 (hand-written)."""
+    """Current authors' head sub-keys -> old iSQRT ones for both styles (hand-written)."""
     att = {"TCP_att.TCA.g1.": "att_module.conv_1.", "TCP_att.TCA.g2.": "att_module.conv_2.",
            "TCP_att.TSA.conv_phi_1.": "att_module.sp_att.conv_theta.",
            "TCP_att.TSA.conv_phi_2.": "att_module.sp_att.conv_phi.",
@@ -211,13 +211,13 @@ def _to_old(key: str, style: str) -> str:
 @pytest.mark.parametrize("style", ["resnet50", "tea"])
 def test_old_isqrt_mapping_on_published_key_sets(fixture, style):
     """Key-only check on the full published key sets (349 / 813 keys): old names map back
-    exactly, and a second call gives the same answer (no state kept between calls, §7.3 item 43)."""
+    exactly, and a second call gives the same answer (no state kept between calls)."""
     keys = [k[len("module."):] for k in json.loads((REF / f"{fixture}.json").read_text())["state_dict_shapes"]]
     old = [_to_old(k, style) for k in keys]
     assert sum("iSQRT" in k for k in old) == 29
     example = "base_model.layer4.iSQRT.att_module.sp_att.conv_theta.bias" if style == "resnet50" \
         else "base_model.iSQRT.att_module.sp_att.conv_theta.bias"
-    assert example in old  # SPEC §3.5 example
+    assert example in old  # the documented example
     for _ in range(2):
         mapping, unmatched = map_old_keys(old, set(keys))
         assert unmatched == []
@@ -240,7 +240,7 @@ def test_old_isqrt_file_loads_into_tiny_model(tmp_path):
 
 # ----------------------------------------------------------------------------- pretraining files
 def _gcp_file(model: torch.nn.Module, layout: str, path: Path, seed: int = 2) -> Dict[str, torch.Tensor]:
-    """An ImageNet GCP file as the authors' main.py expects it (SPEC §3.6): ``module.<backbone
+    """An ImageNet GCP file as the authors' main.py expects it: ``module.<backbone
     key>``, the reduction layers at top level (ResNet-50) or as ``module.iSQRT.layer_reduceN.{0,1}``
     (TEA/R152), and the ImageNet classifier ``module.fc``."""
     g = torch.Generator().manual_seed(seed)
@@ -290,7 +290,7 @@ def test_gcp_pretrained_layouts(tmp_path, layout, label):
 
 
 def test_gcp_pretrained_with_different_tcp_dim(tmp_path):
-    """TCP_dim != pretrained_dim: layer_reduce2 / layer_reduce_bn2 keep their init (§3.6 step 5)."""
+    """TCP_dim != pretrained_dim: layer_reduce2 / layer_reduce_bn2 keep their init."""
     sd = _gcp_file(tiny(), "tea", tmp_path / "gcp.pth.tar")  # pretrained dim 32
     dst = tiny(seed=8, dim=16)
     before = {k: v.clone() for k, v in dst.state_dict().items()}
@@ -341,7 +341,7 @@ def test_torchvision_state_dict_into_resnet_model(tmp_path):
 
 
 def test_load_pretrained_from_another_datasets_tcp_model(tmp_path):
-    """--load_TCP_from semantics (§3.7): everything but the classifier, which stays fresh."""
+    """--load_TCP_from semantics: everything but the classifier, which stays fresh."""
     src = randomized(tiny(num_classes=400))
     path = released(authors_state(src), tmp_path / "k400.pth")
     dst = tiny(num_classes=51, seed=9)
@@ -351,6 +351,36 @@ def test_load_pretrained_from_another_datasets_tcp_model(tmp_path):
     assert sorted(k for k, _ in report.dropped) == ["module.new_fc.bias", "module.new_fc.weight"]
     assert torch.equal(dst.fc.weight, fc_before)
     assert torch.equal(dst.head.TCP_att.TSA.conv_phi0.weight, src.head.TCP_att.TSA.conv_phi0.weight)
+
+
+def test_build_then_load_pretrained_weights(tmp_path):
+    """Pretrained weights are loaded after building (build_model has no ``pretrained``)."""
+    src = build_model("tcp_tiny", num_classes=5, num_segments=4)
+    path = tmp_path / "weights.pth"
+    torch.save(src.state_dict(), path)
+    torch.manual_seed(123)
+    model = build_model("tcp_tiny", num_classes=9, num_segments=4)
+    load_pretrained(model, str(path))
+    got = model.state_dict()
+    for k, v in src.state_dict().items():
+        if not k.startswith("fc."):
+            assert torch.equal(got[k], v), k
+    assert got["fc.weight"].shape == (9, model.head.out_dim)  # classifier is the new task's
+    assert "pretrained" not in model.model_kwargs
+    with pytest.raises(TypeError, match="pretrained"):
+        build_model("tcp_tiny", pretrained=str(path))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile imports torch.jit
+def test_loaders_see_through_training_wrappers(tmp_path):
+    src = randomized(tiny("tsn_tiny"))
+    for wrap in (torch.nn.DataParallel, torch.compile):
+        dst = tiny("tsn_tiny", seed=3)
+        report = load_checkpoint(wrap(dst), src.state_dict())
+        assert report.ok and same_state(dst, src)
+        dst = tiny("tsn_tiny", seed=3)
+        load_pretrained(wrap(dst), src.state_dict())
+        assert torch.equal(dst.backbone.conv1.weight, src.backbone.conv1.weight)
 
 
 # ----------------------------------------------------------------------------- our files

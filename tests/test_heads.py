@@ -1,4 +1,4 @@
-"""Pooling heads: TCP (SPEC §1) against hand-written formulas, its ablation table, init, any T;
+"""Pooling heads: TCP against hand-written formulas, its ablation table, init, any T;
 GAP and GCP orderlessness. Small shapes (C=16, dim 8, 5x5 maps) keep every test well under 1 s.
 
 Tolerances: float64 comparisons against loop formulas use 1e-10 (only summation order differs);
@@ -53,7 +53,7 @@ def bn_eval(bn: nn.BatchNorm2d, v: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- hand formulas
 def tsa_reference(tsa, x: torch.Tensor, t_len: int) -> torch.Tensor:
-    """SPEC §1.3.1 by loops: edge-replicated delays max(t-1,0), max(t-2,0)."""
+    """TSA by loops: edge-replicated delays max(t-1,0), max(t-2,0)."""
     nt, d, h, w = x.shape
     out = torch.empty_like(x)
     for n in range(nt // t_len):
@@ -69,7 +69,7 @@ def tsa_reference(tsa, x: torch.Tensor, t_len: int) -> torch.Tensor:
 
 
 def tca_reference(tca, x: torch.Tensor, xa: torch.Tensor, t_len: int) -> torch.Tensor:
-    """SPEC §1.3.2 by loops: circular differences (t-1) mod T, (t-2) mod T, 1/2 before the MLP."""
+    """TCA by loops: circular differences (t-1) mod T, (t-2) mod T, 1/2 before the MLP."""
     w1, b1 = tca.g1.weight[:, :, 0, 0], tca.g1.bias
     w2, b2 = tca.g2.weight[:, :, 0, 0], tca.g2.bias
     g = lambda u: torch.sigmoid(w2 @ torch.relu(w1 @ u + b1) + b2)  # noqa: E731
@@ -85,7 +85,7 @@ def tca_reference(tca, x: torch.Tensor, xa: torch.Tensor, t_len: int) -> torch.T
 
 
 def tconv_reference(conv: nn.Conv3d, xa: torch.Tensor, t_len: int) -> torch.Tensor:
-    """out[t] = b + sum_j W_j . xa[(t + j - p) mod T], p = (k-1)//2 (SPEC §1.3.3)."""
+    """out[t] = b + sum_j W_j . xa[(t + j - p) mod T], p = (k-1)//2."""
     k = conv.kernel_size[0]
     p = (k - 1) // 2
     out = torch.empty_like(xa)
@@ -140,7 +140,7 @@ def test_temporal_conv_equals_published_symmetric_padding_for_odd_kernel(t_len):
 
 @pytest.mark.parametrize("flags", FLAGS, ids=lambda f: "sp%d-ch%d-1d%d" % f)
 def test_ablation_table(flags):
-    """SPEC §1.3.5: which parts exist, their keys, and the composed formula of each row."""
+    """The paper's ablation table: which parts exist, their keys, and the composed formula of each row."""
     sp, ch, t1d = flags
     head = TCPHead(C, dim=DIM, num_segments=4, mid_channels=MID, spatial_attention=sp,
                    channel_attention=ch, temporal_conv=t1d)
@@ -177,7 +177,7 @@ def test_full_tcp_head_has_the_29_published_keys():
 # -------------------------------------------------------------------------------- init
 @pytest.mark.parametrize("flags", [f for f in FLAGS if f[2] or f == (True, False, False)])
 def test_attention_is_exact_identity_at_init(flags):
-    """SPEC §1.9: zero conv_1d and zero-gamma TSA.norm make TCP_att(x) == x bit for bit (x >= 0),
+    """Published init: zero conv_1d and zero-gamma TSA.norm make TCP_att(x) == x bit for bit (x >= 0),
     in train and eval mode."""
     sp, ch, t1d = flags
     att = TemporalAttention(DIM, 4, spatial_attention=sp, channel_attention=ch, temporal_conv=t1d)
@@ -223,7 +223,7 @@ def test_tcp_head_any_num_segments_forward_backward(t_len):
 
 
 def test_video_level_pooling_is_isqrt_of_regrouped_columns():
-    """SPEC §1.4: column m = (t*H + h)*W + w of clip n holds z[n*T + t, :, h, w]."""
+    """Video-level pooling: column m = (t*H + h)*W + w of clip n holds z[n*T + t, :, h, w]."""
     t_len = 3
     head = randomize(TCPHead(C, dim=DIM, num_segments=t_len, mid_channels=MID)).double().eval()
     z = frames(2, t_len)
@@ -311,6 +311,10 @@ def test_heads_reject_bad_input():
     # without the temporal conv nothing ties the head to one T
     free = TCPHead(C, dim=DIM, num_segments=4, mid_channels=MID, temporal_conv=False)
     assert free(torch.randn(12, C, H, W), 6).shape == (2, DIM * (DIM + 1) // 2)
+    assert tcp.fixed_num_segments == 4 and free.fixed_num_segments is None
+    assert GCPHead(C).fixed_num_segments is None and GAPHead(C).fixed_num_segments is None
+    with pytest.raises(AttributeError):
+        tcp.num_segments = 8  # the kernel size T//2+1 is built in: T is read-only
 
 
 def test_tcp_head_float64_and_autocast():

@@ -1,9 +1,11 @@
-"""Recognizer, registry and complexity: every registered model runs on a small clip, zoo models
-have the authors' state-dict keys and shapes (tests/data/reference/*.json), partial BN freezes
-the right BNs, and the TCP ResNet-50 reproduces the published logits and gradients (slow).
+"""Recognizer, registry and complexity: zoo models have the authors' state-dict keys and shapes
+(tests/data/reference/*.json), T has one owner (the Recognizer), partial BN freezes the right BNs
+(any BatchNorm kind), and the TCP ResNet-50 reproduces the published logits and gradients (slow).
+The registry-wide smoke test is in tests/test_registry.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -13,16 +15,13 @@ import pytest
 import torch
 from torch import nn
 
-from tcpnet.models import Recognizer, build_model, list_models
+from tcpnet.backbones import MotionExcitation, ShiftConv, TemporalShift, create_backbone
+from tcpnet.heads import GAPHead
+from tcpnet.input_config import InputConfig
+from tcpnet.models import Recognizer, batchnorms, build_model, unwrap_model
 from tcpnet.utils import complexity
 
 REF = Path(__file__).parent / "data" / "reference"
-ZOO = ["tcp_tsn_r50", "tcp_tea_r50", "tcp_tsn_r152", "tsn_r50", "gcp_tsn_r50", "tsm_r50",
-       "tcp_tsm_r50", "tcp_tsn_r18", "tsn_r18", "tcp_tiny", "tsn_tiny", "gcp_tiny"]
-# (T, crop) per model: 32x32 crops (2x2 final maps with last stride 1) keep the big backbones at
-# ~0.1-0.5 s per forward on 2 cores; the tiny demo models run at their native 112x112, T=8.
-SMALL = {name: (2, 32) for name in ZOO}
-SMALL.update(tcp_tsn_r50=(3, 32), tcp_tiny=(8, 112), tsn_tiny=(8, 112), gcp_tiny=(8, 112))
 
 
 def authors_to_ours(key: str) -> str:
@@ -39,29 +38,6 @@ def authors_to_ours(key: str) -> str:
 def reference_shapes(name: str) -> dict:
     meta = json.loads((REF / f"{name}.json").read_text())
     return {authors_to_ours(k): tuple(v) for k, v in meta["state_dict_shapes"].items()}
-
-
-def test_registry_names():
-    assert list_models() == sorted(ZOO)
-
-
-@pytest.mark.parametrize("name", ZOO)
-def test_every_model_runs_on_a_small_clip(name):
-    t_len, crop = SMALL[name]
-    torch.manual_seed(0)
-    model = build_model(name, num_classes=7, num_segments=t_len).eval()
-    x = torch.randn(2, 3, t_len, crop, crop)
-    with torch.no_grad():
-        feats = model.forward_features(x)
-        logits = model(x)
-    assert feats.shape == (2, model.head.out_dim)
-    assert logits.shape == (2, 7)
-    assert torch.isfinite(logits).all()
-    torch.testing.assert_close(model.forward_head(feats), logits, rtol=0, atol=0)  # eval: no dropout
-    assert model.num_segments == model.input_config.num_segments == t_len
-    assert model.model_name == name
-    assert model.model_kwargs == dict(num_classes=7, num_segments=t_len)
-    assert [n for n, _ in model.named_children()] == ["backbone", "head", "dropout", "fc"]
 
 
 @pytest.mark.parametrize("name,ref", [("tcp_tsn_r50", "tcp_tsn_r50_8f"), ("tcp_tea_r50", "tcp_tea_r50_8f")])
@@ -113,6 +89,14 @@ def test_overrides_and_errors():
         build_model("tcp_tiny", dimm=32)
     with pytest.raises(TypeError, match="'dim'"):
         build_model("tsn_tiny", dim=32)  # GAP has no dim
+    with pytest.raises(TypeError, match="'last_stride'"):
+        build_model("tcp_tea_r50", last_stride=2)  # TEA has no such option: no part accepts it
+    with pytest.raises(TypeError, match="'temporal_shift'"):
+        build_model("r2plus1d_r18", temporal_shift="blockres")
+    # each option reaches the part whose signature names it
+    m = build_model("tsn_tiny", num_classes=2, num_segments=2, widths=(8, 8, 16, 16), shift_div=4,
+                    temporal_shift="block", partial_bn=True)
+    assert m.backbone.num_features == 16 and m.backbone.layer1[0].shift.shift_div == 4 and m.partial_bn_enabled
 
 
 def test_forward_validates_input():
@@ -153,6 +137,96 @@ def test_recognizer_rejects_mismatched_segments():
         Recognizer(create_backbone("resnet_tiny", num_segments=8), TCPHead(128, dim=8, mid_channels=16, num_segments=4), 3)
 
 
+# ------------------------------------------------------------------------ one owner for T
+def test_t_cannot_be_changed_below_the_model():
+    """On a TSM model, T set on the backbone or a shift module used to leave the model at T=8:
+    8-frame clips were still accepted, the shift crossed clip boundaries, and the logits changed
+    silently. Now only the Recognizer changes T, and an attempt below it raises."""
+    torch.manual_seed(0)
+    model = build_model("tsm_r50", num_classes=3, num_segments=8).eval()
+    x = torch.randn(1, 3, 8, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+    shifts = [m for m in model.modules() if isinstance(m, TemporalShift)]
+    assert len(shifts) == 16
+    with pytest.raises(AttributeError, match=r"set_num_segments"):
+        model.backbone.num_segments = 4
+    with pytest.raises(AttributeError, match=r"read-only"):
+        shifts[3].num_segments = 4
+    assert model.num_segments == model.backbone.num_segments == model.input_config.num_segments == 8
+    assert all(s.num_segments == 8 for s in shifts)
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
+    with pytest.raises(AttributeError):
+        build_model("tcp_tiny", num_segments=8).head.num_segments = 4  # the TCP kernel fixes T
+    with pytest.raises(AttributeError):
+        build_model("tcp_tiny", num_segments=8).head.TCP_att.num_segments = 4
+
+
+def test_set_num_segments_updates_every_temporal_module_and_the_head():
+    torch.manual_seed(0)
+    model = build_model("tsm_r50", num_classes=3, num_segments=8).eval()
+    fresh = build_model("tsm_r50", num_classes=3, num_segments=4).eval()
+    fresh.load_state_dict(model.state_dict())
+    assert model.set_num_segments(4) is model
+    assert all(s.num_segments == 4 for s in model.modules() if isinstance(s, TemporalShift))
+    assert model.num_segments == model.backbone.num_segments == model.input_config.num_segments == 4
+    assert model.model_kwargs == dict(num_classes=3, num_segments=4)  # rebuilds the model as it is now
+    x = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), fresh(x), rtol=0, atol=0)  # same as built for T=4
+    with pytest.raises(ValueError, match="T=4"):
+        model(torch.randn(1, 3, 8, 32, 32))
+    model.num_segments = 6  # the property setter is the same call
+    assert model.backbone.layer1[0].shift.num_segments == 6 and model.input_config.num_segments == 6
+
+
+def test_set_num_segments_reaches_every_tea_module():
+    m = Recognizer(create_backbone("tea_r50", num_segments=8), GAPHead(2048), 3)
+    m.set_num_segments(2)
+    temporal = [s for s in m.modules() if isinstance(s, (ShiftConv, MotionExcitation))]
+    assert len(temporal) == 16 * 5 and all(s.num_segments == 2 for s in temporal)
+    with torch.no_grad():
+        assert m.eval()(torch.randn(2, 3, 2, 32, 32)).shape == (2, 3)
+
+
+def test_set_num_segments_refuses_when_the_head_fixes_t():
+    model = build_model("tcp_tiny", num_classes=3, num_segments=8, temporal_shift="blockres")
+    with pytest.raises(ValueError, match=r"head was built for num_segments=8 .*kernel T//2\+1"):
+        model.set_num_segments(4)
+    assert model.num_segments == model.backbone.num_segments == model.input_config.num_segments == 8
+    assert all(s.num_segments == 8 for s in model.modules() if isinstance(s, TemporalShift))
+    free = build_model("tcp_tiny", num_classes=3, num_segments=8, temporal_conv=False)
+    free.set_num_segments(4)  # without the temporal convolution nothing in the head depends on T
+    with torch.no_grad():
+        assert free.eval()(torch.randn(2, 3, 4, 32, 32)).shape == (2, 3)
+    with pytest.raises(ValueError, match="integer >= 1"):
+        free.set_num_segments(0)
+
+
+def test_input_config_is_one_copy_owned_by_the_model():
+    model = build_model("tsn_tiny", num_classes=3, num_segments=4)
+    assert not hasattr(model.backbone, "input_config")
+    model.input_config = dataclasses.replace(model.input_config, crop_size=96)
+    assert model.input_config.crop_size == 96 and model.input_config.num_segments == 4
+    model.set_num_segments(2)
+    assert model.input_config == dataclasses.replace(InputConfig(crop_size=96, scale_size=128), num_segments=2)
+    with pytest.raises(ValueError, match="set_num_segments"):
+        model.input_config = dataclasses.replace(model.input_config, num_segments=8)
+    with pytest.raises(TypeError):
+        model.input_config = {"crop_size": 64}
+    assert model.input_config.num_segments == model.num_segments == 2
+
+
+def test_recognizer_needs_t_for_a_video_backbone():
+    from tcpnet.backbones import r2plus1d_18
+
+    with pytest.raises(ValueError, match="num_segments is required"):
+        Recognizer(r2plus1d_18(), GAPHead(512), 3)
+    m = Recognizer(r2plus1d_18(), GAPHead(512), 3, num_segments=8)
+    assert m.layout == "video" and m.head_segments() == 1 and m.input_config.num_segments == 8
+
+
 # ------------------------------------------------------------------------------- partial BN
 def test_partial_bn_freezes_all_but_the_first_bn():
     model = build_model("tcp_tiny", num_classes=3, num_segments=4, partial_bn=True)
@@ -187,6 +261,49 @@ def test_preact_r152_freezes_bn_data_weight_in_train_mode():
     assert not model.backbone.bn1.training and not model.head.layer_reduce_bn1.training
 
 
+def test_partial_bn_covers_sync_batchnorm():
+    """convert_sync_batchnorm turns every BN into SyncBatchNorm; partial BN used to look for
+    BatchNorm2d only and left them all in train mode with frozen affine parameters."""
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(build_model("tcp_tiny", num_classes=3, num_segments=4,
+                                                                partial_bn=True))
+    assert model.train() is model
+    bns = model.batchnorms()
+    assert len(bns) == 1 + 4 * 2 + 3 + 3 and all(isinstance(bn, nn.SyncBatchNorm) for bn in bns)
+    assert bns[0] is model.backbone.bn1 and bns[0].training and bns[0].weight.requires_grad
+    for bn in bns[1:]:
+        assert not bn.training and not bn.weight.requires_grad and not bn.bias.requires_grad
+
+
+def test_partial_bn_covers_batchnorm3d():
+    model = build_model("r2plus1d_r18", num_classes=3, num_segments=4, partial_bn=True).train()
+    bns = model.batchnorms()
+    assert len(bns) == 2 + 8 * 4 + 3 and all(isinstance(bn, nn.BatchNorm3d) for bn in bns)
+    assert bns[0] is model.backbone.stem[1] and bns[0].training and bns[0].weight.requires_grad
+    assert all(not bn.training and not bn.weight.requires_grad for bn in bns[1:])
+    sync = nn.SyncBatchNorm.convert_sync_batchnorm(model).train()
+    assert [type(bn) for bn in sync.batchnorms()] == [nn.SyncBatchNorm] * len(bns)
+    assert all(not bn.training and not bn.weight.requires_grad for bn in sync.batchnorms()[1:])
+
+
+def test_batchnorms_finds_every_kind_in_registration_order():
+    net = nn.Sequential(nn.BatchNorm1d(2), nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2)),
+                        nn.BatchNorm3d(2), nn.SyncBatchNorm(2), nn.LayerNorm(2), nn.GroupNorm(1, 2))
+    assert batchnorms(net) == [net[0], net[1][1], net[2], net[3]]
+    assert batchnorms(net[3]) == [net[3]]  # the module itself counts
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile imports torch.jit
+def test_unwrap_model_strips_every_wrapper():
+    model = build_model("tsn_tiny", num_classes=3, num_segments=2)
+    assert unwrap_model(model) is model
+    assert unwrap_model(nn.DataParallel(model)) is model
+    compiled = torch.compile(model)
+    assert unwrap_model(compiled) is model
+    assert unwrap_model(nn.DataParallel(compiled)) is model
+    ema = torch.optim.swa_utils.AveragedModel(model)  # EMA holds a copy: unwrap reaches the copy
+    assert unwrap_model(ema) is ema.module and isinstance(ema.module, Recognizer)
+
+
 # ------------------------------------------------------------------------------- complexity
 def test_complexity_counts_params_and_flops():
     lin = nn.Linear(10, 5)
@@ -203,20 +320,6 @@ def test_gap_flops_scale_linearly_with_segments():
     f = [complexity(build_model("tsn_tiny", num_classes=5, num_segments=t), (1, 3, t, 64, 64))["flops"] for t in (2, 4, 8)]
     # everything but the (tiny, per-clip) classifier is per frame, so FLOPs double with T
     assert f[1] / f[0] == pytest.approx(2.0, rel=1e-3) and f[2] / f[1] == pytest.approx(2.0, rel=1e-3)
-
-
-def test_build_model_loads_pretrained_weights(tmp_path):
-    src = build_model("tcp_tiny", num_classes=5, num_segments=4)
-    path = tmp_path / "weights.pth"
-    torch.save(src.state_dict(), path)
-    torch.manual_seed(123)
-    model = build_model("tcp_tiny", num_classes=9, num_segments=4, pretrained=str(path))
-    got = model.state_dict()
-    for k, v in src.state_dict().items():
-        if not k.startswith("fc."):
-            assert torch.equal(got[k], v), k
-    assert got["fc.weight"].shape == (9, model.head.out_dim)  # classifier is the new task's
-    assert "pretrained" not in model.model_kwargs
 
 
 # ---------------------------------------------------------------------- published numbers

@@ -6,7 +6,7 @@ wrapped as a released file ``{'epoch', 'arch', 'state_dict', 'best_prec1', 'opti
 DataParallel keys, saved, and loaded with ``load_checkpoint`` into ``build_model(<model>)``.
 Tolerances are those the README states a faithful float32 implementation meets: logits and the
 TCP representation within 1e-4 relative error, head gradients within 1e-3 per tensor.
-The same file with the head renamed to the old ``iSQRT`` names (SPEC §3.5; ResNet-50 and TEA/R152
+The same file with the head renamed to the old ``iSQRT`` names (ResNet-50 and TEA/R152
 styles) must load to a bit-identical state, hence the same outputs. Each model runs once per module.
 """
 from __future__ import annotations
@@ -211,7 +211,7 @@ def test_old_isqrt_keys_load_identically(run, style):
 
 
 def test_single_gpu_and_legacy_classifier_names(run):
-    """Keys without ``module.`` and the legacy ``base_model.classifier`` name (SPEC §3.8)."""
+    """Keys without ``module.`` and the legacy ``base_model.classifier`` name."""
     def rename(k: str) -> str:
         k = k[len("module."):]
         return k.replace("new_fc.", "base_model.classifier.")

@@ -14,8 +14,9 @@ class InputConfig:
 
     A uint8 pixel ``p`` becomes ``(p * value_scale - mean[c]) / std[c]``: ``value_scale`` is
     1/255 for ImageNet-normalised backbones and 1.0 for the pre-activation ResNet-152, which
-    takes raw 0-255 values (SPEC §5.4). ``scale_size`` is the shorter side used before the
-    centre crop at validation time.
+    takes raw 0-255 values (its first layer is a learned input BN). ``scale_size`` is the shorter
+    side used before the centre crop at validation time. ``num_segments`` is the model's T: a
+    :class:`~tcpnet.models.Recognizer` keeps the one copy and derives it from its own T.
     """
 
     mean: Tuple[float, float, float] = IMAGENET_MEAN

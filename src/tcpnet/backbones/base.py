@@ -1,48 +1,65 @@
-"""Shared pieces of every backbone: the ``num_segments``/``input_config`` attributes and the
-published initialisation (Kaiming-normal fan_out convs, BN weight 1 / bias 0, SPEC §2.1)."""
+"""The backbone contract, and the published initialisation shared by the ResNet family.
+
+A backbone turns a batch of clips into feature maps for a pooling head. It declares how it
+wants its input with the class attribute ``layout``:
+
+``"frames"``
+    A 2-D network applied per frame. Input ``(B*T, 3, H, W)``, video-major (row ``b*T + t`` is
+    frame ``t`` of clip ``b``); output ``(B*T, C, h, w)``. Temporal modules inside it (TSM
+    shift, TEA motion excitation) hold T read-only (:class:`~tcpnet.backbones.temporal.
+    TemporalModule`), and so does the backbone (``num_segments``); the owning Recognizer sets it.
+``"video"``
+    A network over whole clips (3-D convolutions). Input ``(B, 3, T, H, W)``; output
+    ``(B*T', C, h, w)``, video-major over its ``T'`` output frames. It holds no T:
+    ``output_segments(T)`` says what ``T'`` a clip of T frames gives (R(2+1)D-18: 16 -> 2).
+
+Either way ``num_features`` is ``C``, and :meth:`VideoBackbone.output_segments` is the number of
+frames per clip the head receives. What a backbone expects of its pixels (mean, std, value
+scale, crop) is registered with its factory (``register_backbone(input_config=...)``) and kept,
+once, by the Recognizer.
+"""
 from __future__ import annotations
 
-import dataclasses
+from typing import ClassVar, Tuple
 
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from tcpnet.backbones.tsm import set_num_segments
-from tcpnet.input_config import InputConfig
+from tcpnet.backbones.temporal import TemporalModule
+
+__all__ = ["LAYOUTS", "VideoBackbone", "FrameBackbone", "init_weights"]
+
+LAYOUTS: Tuple[str, ...] = ("frames", "video")
 
 
 class VideoBackbone(nn.Module):
-    """A 2-D network over a video-major frame batch ``(N*T, 3, H, W) -> (N*T, C, h, w)``.
+    """Base of every backbone: ``layout`` (``"frames"`` or ``"video"``), ``num_features`` and
+    ``output_segments``; see the module docstring for the input/output contract."""
 
-    Subclasses set ``num_features`` and ``input_config``. Assigning ``num_segments`` updates
-    every temporal submodule and ``input_config.num_segments``, so one backbone can be reused
-    for another clip length (weights do not depend on T).
-    """
-
+    layout: ClassVar[str] = "frames"
     num_features: int
-    input_config: InputConfig
 
-    @property
-    def num_segments(self) -> int:
-        return self._num_segments
+    def output_segments(self, num_segments: int) -> int:
+        """Frames per clip in the output feature maps for clips of ``num_segments`` frames."""
+        return num_segments
 
-    @num_segments.setter
-    def num_segments(self, value: int) -> None:
-        value = int(value)
-        set_num_segments(self, value)  # validates value >= 1
-        self._num_segments = value
-        cfg = getattr(self, "input_config", None)
-        if cfg is not None and cfg.num_segments != value:
-            self.input_config = dataclasses.replace(cfg, num_segments=value)
+
+class FrameBackbone(VideoBackbone, TemporalModule):
+    """A ``"frames"`` backbone: per-frame 2-D network whose temporal modules hold T (read-only
+    ``num_segments``; set at construction and then only by the owning Recognizer)."""
+
+    layout: ClassVar[str] = "frames"
 
 
 def init_weights(module: nn.Module) -> None:
-    """Kaiming-normal(fan_out) on every Conv2d (std sqrt(2/fan_out), groups ignored as in
-    PyTorch), weight 1 / bias 0 on every BatchNorm2d. Conv1d (TEA shifts) is left alone."""
+    """Kaiming-normal(fan_out) on every Conv2d/Conv3d (std sqrt(2/fan_out), groups ignored as in
+    PyTorch and torchvision), weight 1 / bias 0 on every BatchNorm. Conv1d (TEA shifts) is
+    left alone: those keep their identity/shift initialisation."""
     for m in module.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, (nn.Conv2d, nn.Conv3d)):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, _BatchNorm) and m.affine:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)

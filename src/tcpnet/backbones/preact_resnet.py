@@ -1,19 +1,17 @@
-"""Pre-activation ResNet (port of the MXNet ImageNet-11K ResNet-152 used by TCPNet, SPEC §2.2):
-raw 0-255 input normalised by a learned ``bn_data``, BN eps 2e-5, stride-1 last stage."""
+"""Pre-activation ResNet (port of the MXNet ImageNet-11K ResNet-152 used by TCPNet): raw 0-255
+input normalised by a learned ``bn_data``, BN eps 2e-5, stride-1 last stage."""
 from __future__ import annotations
 
-import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from tcpnet.backbones.base import VideoBackbone, init_weights
+from tcpnet.backbones.base import FrameBackbone, init_weights
 from tcpnet.backbones.registry import register_backbone
+from tcpnet.backbones.temporal import check_num_segments
 from tcpnet.backbones.tsm import TemporalShift, block_shift, check_shift_place, shift_round
 from tcpnet.input_config import RAW_PIXELS, InputConfig
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["PreactBottleneck", "PreactResNet", "preact_resnet", "preact_resnet152"]
 
@@ -37,7 +35,7 @@ class PreactBottleneck(nn.Module):
                  downsample: Optional[nn.Module] = None, shift: Optional[TemporalShift] = None,
                  shift_place: Optional[str] = None) -> None:
         super().__init__()
-        # registration order bn1, conv1, bn2, conv2, bn3, conv3, downsample (SPEC §2.2)
+        # registration order bn1, conv1, bn2, conv2, bn3, conv3, downsample: the MXNet file's
         self.bn1 = _bn(inplanes)
         self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
         self.bn2 = _bn(planes)
@@ -60,21 +58,23 @@ class PreactBottleneck(nn.Module):
         return h + shortcut
 
 
-class PreactResNet(VideoBackbone):
+class PreactResNet(FrameBackbone):
     """Pre-activation ResNet trunk: bn_data -> stem -> layer1..4 -> bn2 -> ReLU (no pool, no fc).
 
-    Takes raw 0-255 RGB (``input_config`` has mean 0, std 1, value_scale 1.0). Keys are SPEC §3.4's
-    without the ``module.base_model.`` prefix. ``temporal_shift`` works as on :class:`ResNet`.
+    Takes raw 0-255 RGB (registered input config: mean 0, std 1, value_scale 1.0). Keys are the
+    authors' released R152 keys without the ``module.base_model.`` prefix. ``temporal_shift``
+    works as on :class:`~tcpnet.backbones.resnet.ResNet`.
     """
 
     def __init__(self, layers: Sequence[int] = PREACT_DEPTHS[152], last_stride: int = 1,
                  num_segments: int = 8, temporal_shift: Optional[str] = None,
-                 shift_div: int = 8, input_config: Optional[InputConfig] = None) -> None:
+                 shift_div: int = 8) -> None:
         super().__init__()
         if len(layers) != 4:
             raise ValueError(f"PreactResNet: expected 4 stage block counts, got {list(layers)}")
         if last_stride not in (1, 2):
             raise ValueError(f"PreactResNet: last_stride must be 1 or 2, got {last_stride}")
+        self._num_segments = check_num_segments(num_segments)
         self.temporal_shift = check_shift_place(temporal_shift)
         self.shift_div = shift_div
         self.inplanes = 64
@@ -84,18 +84,15 @@ class PreactResNet(VideoBackbone):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         n_round = shift_round(layers[2])
-        self.layer1 = self._make_layer(64, layers[0], 1, num_segments, n_round)
-        self.layer2 = self._make_layer(128, layers[1], 2, num_segments, n_round)
-        self.layer3 = self._make_layer(256, layers[2], 2, num_segments, n_round)
-        self.layer4 = self._make_layer(512, layers[3], last_stride, num_segments, n_round)
+        self.layer1 = self._make_layer(64, layers[0], 1, n_round)
+        self.layer2 = self._make_layer(128, layers[1], 2, n_round)
+        self.layer3 = self._make_layer(256, layers[2], 2, n_round)
+        self.layer4 = self._make_layer(512, layers[3], last_stride, n_round)
         self.bn2 = _bn(512 * PreactBottleneck.expansion)
         self.num_features = 512 * PreactBottleneck.expansion
-        self.input_config = input_config or InputConfig(**RAW_PIXELS, num_segments=num_segments)
-        self.num_segments = num_segments
         init_weights(self)
 
-    def _make_layer(self, planes: int, blocks: int, stride: int, num_segments: int,
-                    n_round: int) -> nn.Sequential:
+    def _make_layer(self, planes: int, blocks: int, stride: int, n_round: int) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * PreactBottleneck.expansion:
             # a single 1x1 conv, no BN: key ``downsample.0.weight``
@@ -103,7 +100,7 @@ class PreactResNet(VideoBackbone):
                                                  kernel_size=1, stride=stride, bias=False))
         layers: List[nn.Module] = []
         for i in range(blocks):
-            shift = block_shift(self.temporal_shift, i, n_round, num_segments, self.shift_div)
+            shift = block_shift(self.temporal_shift, i, n_round, self.num_segments, self.shift_div)
             layers.append(PreactBottleneck(self.inplanes, planes, stride if i == 0 else 1,
                                            downsample if i == 0 else None, shift, self.temporal_shift))
             self.inplanes = planes * PreactBottleneck.expansion
@@ -120,17 +117,21 @@ class PreactResNet(VideoBackbone):
         return self.relu(self.bn2(x))
 
 
-def preact_resnet(depth: int = 152, **kwargs) -> PreactResNet:
+def preact_resnet(depth: int = 152, num_segments: int = 8, last_stride: int = 1,
+                  temporal_shift: Optional[str] = None, shift_div: int = 8) -> PreactResNet:
     """Pre-activation ResNet of a given depth (50, 101, 152, 200); only 152 has published weights."""
     try:
         layers = PREACT_DEPTHS[depth]
     except KeyError:
         raise ValueError(
             f"preact_resnet: depth must be one of {sorted(PREACT_DEPTHS)}, got {depth}") from None
-    return PreactResNet(layers, **kwargs)
+    return PreactResNet(layers, last_stride=last_stride, num_segments=num_segments,
+                        temporal_shift=temporal_shift, shift_div=shift_div)
 
 
-@register_backbone
-def preact_resnet152(num_segments: int = 8, last_stride: int = 1, **kwargs) -> PreactResNet:
-    """The TCP zoo's R152 backbone (SPEC §2.2): blocks [3,8,36,3], raw-pixel input, crop 224."""
-    return preact_resnet(152, num_segments=num_segments, last_stride=last_stride, **kwargs)
+@register_backbone(input_config=InputConfig(**RAW_PIXELS))
+def preact_resnet152(num_segments: int = 8, last_stride: int = 1,
+                     temporal_shift: Optional[str] = None, shift_div: int = 8) -> PreactResNet:
+    """The TCP zoo's R152 backbone: blocks [3,8,36,3], raw-pixel input, crop 224."""
+    return preact_resnet(152, num_segments=num_segments, last_stride=last_stride,
+                         temporal_shift=temporal_shift, shift_div=shift_div)

@@ -1,19 +1,18 @@
 """ResNet-18/34/50/101/152 (v1.5: stride on the 3x3 conv) with torchvision's state-dict keys,
-an optional stride-1 last stage (SPEC §2.1) and an optional TSM temporal shift (SPEC §2.4)."""
+an optional stride-1 last stage (the TCP zoo's, for larger final maps) and an optional TSM
+temporal shift."""
 from __future__ import annotations
 
-import logging
 from typing import List, Optional, Sequence, Type, Union
 
 import torch
 from torch import nn
 
-from tcpnet.backbones.base import VideoBackbone, init_weights
+from tcpnet.backbones.base import FrameBackbone, init_weights
 from tcpnet.backbones.registry import register_backbone
+from tcpnet.backbones.temporal import check_num_segments
 from tcpnet.backbones.tsm import TemporalShift, block_shift, check_shift_place, shift_round
 from tcpnet.input_config import InputConfig
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50",
            "resnet101", "resnet152", "resnet_tiny"]
@@ -100,10 +99,10 @@ class Bottleneck(nn.Module):
 Block = Union[Type[BasicBlock], Type[Bottleneck]]
 
 
-class ResNet(VideoBackbone):
+class ResNet(FrameBackbone):
     """torchvision-layout ResNet trunk without avgpool/fc: returns the layer4 feature maps.
 
-    ``last_stride=1`` (the TCP zoo, SPEC §2.1) keeps layer4 at stride 16 overall (14x14 at 224);
+    ``last_stride=1`` (the TCP zoo) keeps layer4 at stride 16 overall (14x14 at 224);
     ``last_stride=2`` is torchvision's network (7x7). ``temporal_shift`` adds TSM's parameter-free
     shift ('blockres': on conv1's input of every ``n_round``-th block; 'block': on whole blocks);
     the state-dict keys are torchvision's either way (the authors' would-be ``conv1.net.weight``
@@ -114,13 +113,13 @@ class ResNet(VideoBackbone):
                  widths: Sequence[int] = (64, 128, 256, 512), stem_width: Optional[int] = None,
                  last_stride: int = 1, num_segments: int = 8,
                  temporal_shift: Optional[str] = None, shift_div: int = 8,
-                 zero_init_residual: bool = False,
-                 input_config: Optional[InputConfig] = None) -> None:
+                 zero_init_residual: bool = False) -> None:
         super().__init__()
         if len(layers) != 4 or len(widths) != 4:
             raise ValueError(f"ResNet: expected 4 stages, got layers={list(layers)}, widths={list(widths)}")
         if last_stride not in (1, 2):
             raise ValueError(f"ResNet: last_stride must be 1 or 2, got {last_stride}")
+        self._num_segments = check_num_segments(num_segments)
         self.temporal_shift = check_shift_place(temporal_shift)
         self.shift_div = shift_div
         stem_width = widths[0] if stem_width is None else stem_width
@@ -131,13 +130,11 @@ class ResNet(VideoBackbone):
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         n_round = shift_round(layers[2])
         strides = (1, 2, 2, last_stride)
-        self.layer1 = self._make_layer(block, widths[0], layers[0], strides[0], num_segments, n_round)
-        self.layer2 = self._make_layer(block, widths[1], layers[1], strides[1], num_segments, n_round)
-        self.layer3 = self._make_layer(block, widths[2], layers[2], strides[2], num_segments, n_round)
-        self.layer4 = self._make_layer(block, widths[3], layers[3], strides[3], num_segments, n_round)
+        self.layer1 = self._make_layer(block, widths[0], layers[0], strides[0], n_round)
+        self.layer2 = self._make_layer(block, widths[1], layers[1], strides[1], n_round)
+        self.layer3 = self._make_layer(block, widths[2], layers[2], strides[2], n_round)
+        self.layer4 = self._make_layer(block, widths[3], layers[3], strides[3], n_round)
         self.num_features = widths[3] * block.expansion
-        self.input_config = input_config or InputConfig()
-        self.num_segments = num_segments
         init_weights(self)
         if zero_init_residual:
             for m in self.modules():
@@ -145,7 +142,7 @@ class ResNet(VideoBackbone):
                     nn.init.zeros_(m.last_bn().weight)
 
     def _make_layer(self, block: Block, planes: int, blocks: int, stride: int,
-                    num_segments: int, n_round: int) -> nn.Sequential:
+                    n_round: int) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
@@ -154,7 +151,7 @@ class ResNet(VideoBackbone):
             )
         layers: List[nn.Module] = []
         for i in range(blocks):
-            shift = block_shift(self.temporal_shift, i, n_round, num_segments, self.shift_div)
+            shift = block_shift(self.temporal_shift, i, n_round, self.num_segments, self.shift_div)
             layers.append(block(self.inplanes, planes, stride if i == 0 else 1,
                                 downsample if i == 0 else None, shift, self.temporal_shift))
             self.inplanes = planes * block.expansion
@@ -169,51 +166,62 @@ class ResNet(VideoBackbone):
         return self.layer4(x)
 
 
-def _resnet(block: Block, layers: Sequence[int], num_segments: int, **kwargs) -> ResNet:
-    cfg = InputConfig(num_segments=num_segments)  # ImageNet mean/std, /255, crop 224, scale 256
-    return ResNet(block, layers, num_segments=num_segments, input_config=cfg, **kwargs)
-
-
 @register_backbone
-def resnet18(num_segments: int = 8, last_stride: int = 1, **kwargs) -> ResNet:
+def resnet18(num_segments: int = 8, last_stride: int = 1, temporal_shift: Optional[str] = None,
+             shift_div: int = 8, zero_init_residual: bool = False) -> ResNet:
     """ResNet-18 (BasicBlock [2,2,2,2], 512 features). ``last_stride=2`` = torchvision's."""
-    return _resnet(BasicBlock, (2, 2, 2, 2), num_segments, last_stride=last_stride, **kwargs)
+    return ResNet(BasicBlock, (2, 2, 2, 2), last_stride=last_stride, num_segments=num_segments,
+                  temporal_shift=temporal_shift, shift_div=shift_div,
+                  zero_init_residual=zero_init_residual)
 
 
 @register_backbone
-def resnet34(num_segments: int = 8, last_stride: int = 1, **kwargs) -> ResNet:
+def resnet34(num_segments: int = 8, last_stride: int = 1, temporal_shift: Optional[str] = None,
+             shift_div: int = 8, zero_init_residual: bool = False) -> ResNet:
     """ResNet-34 (BasicBlock [3,4,6,3], 512 features)."""
-    return _resnet(BasicBlock, (3, 4, 6, 3), num_segments, last_stride=last_stride, **kwargs)
+    return ResNet(BasicBlock, (3, 4, 6, 3), last_stride=last_stride, num_segments=num_segments,
+                  temporal_shift=temporal_shift, shift_div=shift_div,
+                  zero_init_residual=zero_init_residual)
 
 
 @register_backbone
-def resnet50(num_segments: int = 8, last_stride: int = 1, **kwargs) -> ResNet:
-    """ResNet-50 v1.5 (Bottleneck [3,4,6,3], 2048 features); the TSN/TCP backbone of SPEC §2.1."""
-    return _resnet(Bottleneck, (3, 4, 6, 3), num_segments, last_stride=last_stride, **kwargs)
+def resnet50(num_segments: int = 8, last_stride: int = 1, temporal_shift: Optional[str] = None,
+             shift_div: int = 8, zero_init_residual: bool = False) -> ResNet:
+    """ResNet-50 v1.5 (Bottleneck [3,4,6,3], 2048 features), the TSN/TCP backbone."""
+    return ResNet(Bottleneck, (3, 4, 6, 3), last_stride=last_stride, num_segments=num_segments,
+                  temporal_shift=temporal_shift, shift_div=shift_div,
+                  zero_init_residual=zero_init_residual)
 
 
 @register_backbone
-def resnet101(num_segments: int = 8, last_stride: int = 1, **kwargs) -> ResNet:
+def resnet101(num_segments: int = 8, last_stride: int = 1, temporal_shift: Optional[str] = None,
+              shift_div: int = 8, zero_init_residual: bool = False) -> ResNet:
     """ResNet-101 v1.5 (Bottleneck [3,4,23,3]); TSM 'blockres' shifts every other block."""
-    return _resnet(Bottleneck, (3, 4, 23, 3), num_segments, last_stride=last_stride, **kwargs)
+    return ResNet(Bottleneck, (3, 4, 23, 3), last_stride=last_stride, num_segments=num_segments,
+                  temporal_shift=temporal_shift, shift_div=shift_div,
+                  zero_init_residual=zero_init_residual)
 
 
 @register_backbone
-def resnet152(num_segments: int = 8, last_stride: int = 1, **kwargs) -> ResNet:
+def resnet152(num_segments: int = 8, last_stride: int = 1, temporal_shift: Optional[str] = None,
+              shift_div: int = 8, zero_init_residual: bool = False) -> ResNet:
     """ResNet-152 v1.5 (Bottleneck [3,8,36,3]); the post-activation torchvision network, not the
     pre-activation one of the TCP zoo (that is ``preact_resnet152``)."""
-    return _resnet(Bottleneck, (3, 8, 36, 3), num_segments, last_stride=last_stride, **kwargs)
+    return ResNet(Bottleneck, (3, 8, 36, 3), last_stride=last_stride, num_segments=num_segments,
+                  temporal_shift=temporal_shift, shift_div=shift_div,
+                  zero_init_residual=zero_init_residual)
 
 
-@register_backbone
+@register_backbone(input_config=InputConfig(crop_size=112, scale_size=128))
 def resnet_tiny(num_segments: int = 8, last_stride: int = 1,
-                widths: Sequence[int] = (16, 32, 64, 128),
-                blocks: Sequence[int] = (1, 1, 1, 1), **kwargs) -> ResNet:
+                widths: Sequence[int] = (16, 32, 64, 128), blocks: Sequence[int] = (1, 1, 1, 1),
+                temporal_shift: Optional[str] = None, shift_div: int = 8,
+                zero_init_residual: bool = False) -> ResNet:
     """A narrow BasicBlock ResNet for CPU demos (128 features by default).
 
-    Input config: ImageNet mean/std, /255, crop 112, scale 128 (a 112x112 frame gives 7x7 maps
-    with last_stride 1). Trained from scratch, so no pretrained weights exist for it.
+    Input: ImageNet mean/std, /255, crop 112, scale 128 (a 112x112 frame gives 7x7 maps with
+    last_stride 1). Trained from scratch, so no pretrained weights exist for it.
     """
-    cfg = InputConfig(crop_size=112, scale_size=128, num_segments=num_segments)
     return ResNet(BasicBlock, tuple(blocks), widths=tuple(widths), last_stride=last_stride,
-                  num_segments=num_segments, input_config=cfg, **kwargs)
+                  num_segments=num_segments, temporal_shift=temporal_shift, shift_div=shift_div,
+                  zero_init_residual=zero_init_residual)

@@ -1,9 +1,8 @@
-"""TEA ResNet-50 (SPEC §2.3): Res2Net-50 26w x 4s bottlenecks with Motion Excitation and
-learnable temporal shift convolutions, stride-1 last stage. Works for any clip length T
-(the published code hard-codes 8 or 16)."""
+"""TEA ResNet-50: Res2Net-50 26w x 4s bottlenecks with Motion Excitation and learnable temporal
+shift convolutions, stride-1 last stage. Works for any clip length T (the published code
+hard-codes 8 or 16)."""
 from __future__ import annotations
 
-import logging
 import math
 from typing import List, Optional, Sequence
 
@@ -11,20 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tcpnet.backbones.base import VideoBackbone, init_weights
+from tcpnet.backbones.base import FrameBackbone, init_weights
 from tcpnet.backbones.registry import register_backbone
-from tcpnet.backbones.tsm import check_clips
-from tcpnet.input_config import InputConfig
-
-logger = logging.getLogger(__name__)
+from tcpnet.backbones.temporal import TemporalModule, check_clips, check_num_segments
 
 __all__ = ["MotionExcitation", "ShiftConv", "TEABottleneck", "TEAResNet", "tea_r50"]
 
-NO_STAGE_POOL_WIDTH = 208  # SPEC §2.3 / §7.2 item 13: the published rule is keyed on this width
+NO_STAGE_POOL_WIDTH = 208  # the published code skips the stage pool for this split width (layer4)
 
 
-class MotionExcitation(nn.Module):
-    """ME (SPEC §2.3.1): channel gates from the feature difference of consecutive frames.
+class MotionExcitation(TemporalModule):
+    """Motion excitation: channel gates from the feature difference of consecutive frames.
 
     ``D[t] = conv2(b)[t+1] - b[t]`` for t < T-1 and ``D[T-1] = 0`` with ``b = bn1(conv1(x))``;
     ``y = sigmoid(bn3(conv3(mean_hw D))) - 0.5``; output ``x + x*y``.
@@ -33,7 +29,7 @@ class MotionExcitation(nn.Module):
     def __init__(self, channels: int, reduction: int = 16, num_segments: int = 8) -> None:
         super().__init__()
         r = channels // reduction
-        self.num_segments = num_segments
+        self._num_segments = check_num_segments(num_segments)
         self.conv1 = nn.Conv2d(channels, r, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(r)
         self.conv2 = nn.Conv2d(r, r, kernel_size=3, padding=1, groups=r, bias=False)
@@ -57,8 +53,8 @@ class MotionExcitation(nn.Module):
         return f"num_segments={self.num_segments}"
 
 
-class ShiftConv(nn.Module):
-    """Learnable temporal shift (SPEC §2.3.2): depthwise Conv1d over time, kernel 3, zero
+class ShiftConv(TemporalModule):
+    """Learnable temporal shift: depthwise Conv1d over time, kernel 3, zero
     padding, per channel and spatial position. ``mode='fixed'`` starts as identity; ``'shift'``
     starts as channels [0, c/2) <- frame t+1 and [c/2, c) <- frame t-1 (zeros at the ends)."""
 
@@ -66,7 +62,7 @@ class ShiftConv(nn.Module):
         super().__init__()
         if mode not in ("fixed", "shift"):
             raise ValueError(f"ShiftConv: mode must be 'fixed' or 'shift', got {mode!r}")
-        self.num_segments = num_segments
+        self._num_segments = check_num_segments(num_segments)
         self.mode = mode
         self.conv = nn.Conv1d(channels, channels, kernel_size=3, padding=1, groups=channels, bias=False)
         self.reset_parameters()
@@ -156,32 +152,32 @@ class TEABottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class TEAResNet(VideoBackbone):
+class TEAResNet(FrameBackbone):
     """TEA Res2Net trunk (plain 7x7 stem; layers [3,4,6,3] with strides 1,2,2,1), no pool / fc.
 
-    Keys equal SPEC §3.3's without the ``module.base_model.`` prefix. The frame batch must hold
-    whole clips of ``num_segments`` frames in video-major order; otherwise ValueError.
+    Keys equal the authors' released TEA keys without the ``module.base_model.`` prefix. The
+    frame batch must hold whole clips of ``num_segments`` frames in video-major order;
+    otherwise ValueError.
     """
 
     def __init__(self, layers: Sequence[int] = (3, 4, 6, 3), base_width: int = 26, scale: int = 4,
-                 num_segments: int = 8, input_config: Optional[InputConfig] = None) -> None:
+                 num_segments: int = 8) -> None:
         super().__init__()
+        self._num_segments = check_num_segments(num_segments)
         self.base_width, self.scale = base_width, scale
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(64, layers[0], 1, num_segments)
-        self.layer2 = self._make_layer(128, layers[1], 2, num_segments)
-        self.layer3 = self._make_layer(256, layers[2], 2, num_segments)
-        self.layer4 = self._make_layer(512, layers[3], 1, num_segments)
+        self.layer1 = self._make_layer(64, layers[0], 1)
+        self.layer2 = self._make_layer(128, layers[1], 2)
+        self.layer3 = self._make_layer(256, layers[2], 2)
+        self.layer4 = self._make_layer(512, layers[3], 1)
         self.num_features = 512 * TEABottleneck.expansion
-        self.input_config = input_config or InputConfig(num_segments=num_segments)
-        self.num_segments = num_segments
         init_weights(self)  # Conv2d + BN only; the shift Conv1d keep their fixed/shift init
 
-    def _make_layer(self, planes: int, blocks: int, stride: int, num_segments: int) -> nn.Sequential:
+    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         out_ch = planes * TEABottleneck.expansion
         downsample = None
         if stride != 1 or self.inplanes != out_ch:
@@ -192,11 +188,11 @@ class TEAResNet(VideoBackbone):
         width = int(math.floor(planes * (self.base_width / 64.0)))
         layers: List[nn.Module] = [TEABottleneck(
             self.inplanes, planes, stride, downsample, self.base_width, self.scale, "stage",
-            stage_pool=width != NO_STAGE_POOL_WIDTH, num_segments=num_segments)]
+            stage_pool=width != NO_STAGE_POOL_WIDTH, num_segments=self.num_segments)]
         self.inplanes = out_ch
         for _ in range(1, blocks):
             layers.append(TEABottleneck(self.inplanes, planes, 1, None, self.base_width, self.scale,
-                                        "normal", num_segments=num_segments))
+                                        "normal", num_segments=self.num_segments))
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -210,16 +206,7 @@ class TEAResNet(VideoBackbone):
 
 
 @register_backbone
-def tea_r50(num_segments: int = 8, last_stride: int = 1, temporal_shift: Optional[str] = None,
-            shift_div: int = 8, **kwargs) -> TEAResNet:
-    """TEA-R50 (Res2Net-50 26w x 4s + ME + shift convs), 2048 features, ImageNet input config.
-
-    ``last_stride`` must be 1 and ``temporal_shift`` None: they (and ``shift_div``, unused) are
-    accepted only so that one set of keyword arguments fits every backbone (TEA has its own
-    learnable shift)."""
-    if last_stride != 1:
-        raise ValueError(f"tea_r50: only last_stride=1 exists (SPEC §2.3), got {last_stride}")
-    if temporal_shift is not None:
-        raise ValueError(f"tea_r50: has its own learnable shift; temporal_shift must be None, "
-                         f"got {temporal_shift!r}")
-    return TEAResNet(num_segments=num_segments, **kwargs)
+def tea_r50(num_segments: int = 8) -> TEAResNet:
+    """TEA-R50 (Res2Net-50 26w x 4s + ME + shift convs, stride-1 last stage), 2048 features.
+    It has its own learnable shift, so there is no ``temporal_shift`` or ``last_stride`` option."""
+    return TEAResNet(num_segments=num_segments)

@@ -1,27 +1,17 @@
-"""TSM temporal shift (SPEC §2.4) as a parameter-free op, plus the clip-shape check shared by
-all temporal modules. Being parameter-free, it leaves torchvision's state-dict keys unchanged."""
+"""TSM temporal shift as a parameter-free op. Being parameter-free, it leaves torchvision's
+state-dict keys unchanged, so ImageNet ResNet weights load into TSM models as they are."""
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
-from torch import nn
+
+from tcpnet.backbones.temporal import TemporalModule, check_clips, check_num_segments
+
+__all__ = ["SHIFT_PLACES", "temporal_shift", "TemporalShift", "check_shift_place", "shift_round",
+           "block_shift"]
 
 SHIFT_PLACES = ("blockres", "block")
-
-
-def check_clips(x: torch.Tensor, num_segments: int, where: str) -> int:
-    """Return the number of clips N in a frame batch of N*T rows, or raise if it is not whole."""
-    nt = x.shape[0]
-    if num_segments < 1:
-        raise ValueError(f"{where}: num_segments must be >= 1, got {num_segments}")
-    if nt % num_segments != 0:
-        raise ValueError(
-            f"{where}: got a batch of {nt} frames, which is not a whole number of clips of "
-            f"num_segments={num_segments} frames; frames must come as whole clips in "
-            f"video-major order (row n*T + t is frame t of clip n)"
-        )
-    return nt // num_segments
 
 
 def temporal_shift(x: torch.Tensor, num_segments: int, shift_div: int = 8) -> torch.Tensor:
@@ -42,14 +32,14 @@ def temporal_shift(x: torch.Tensor, num_segments: int, shift_div: int = 8) -> to
     return out.reshape(nt, c, h, w)
 
 
-class TemporalShift(nn.Module):
+class TemporalShift(TemporalModule):
     """Module form of :func:`temporal_shift` (no parameters, no state-dict keys)."""
 
     def __init__(self, num_segments: int = 8, shift_div: int = 8) -> None:
         super().__init__()
         if shift_div < 1:
             raise ValueError(f"TemporalShift: shift_div must be >= 1, got {shift_div}")
-        self.num_segments = num_segments
+        self._num_segments = check_num_segments(num_segments)
         self.shift_div = shift_div
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,18 +62,9 @@ def shift_round(layer3_blocks: int) -> int:
 
 
 def block_shift(place: Optional[str], block_index: int, n_round: int, num_segments: int,
-                shift_div: int) -> Optional["TemporalShift"]:
+                shift_div: int) -> Optional[TemporalShift]:
     """The shift module for block ``block_index`` of a stage, or None: 'block' shifts every
-    block, 'blockres' every ``n_round``-th one (TSM's placement, SPEC §2.4)."""
+    block, 'blockres' every ``n_round``-th one (TSM's placement)."""
     if place == "block" or (place == "blockres" and block_index % n_round == 0):
         return TemporalShift(num_segments, shift_div)
     return None
-
-
-def set_num_segments(module: nn.Module, num_segments: int) -> None:
-    """Set ``num_segments`` on every temporal submodule of ``module`` (those that carry it)."""
-    if num_segments < 1:
-        raise ValueError(f"num_segments must be >= 1, got {num_segments}")
-    for m in module.modules():
-        if m is not module and "num_segments" in vars(m):
-            m.num_segments = num_segments

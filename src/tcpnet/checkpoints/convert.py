@@ -1,15 +1,17 @@
 """Key mapping from every weight layout we accept to our names (``backbone.*``, ``head.*``, ``fc.*``).
 
-Layouts (SPEC §3):
+Layouts:
 
 * ``authors``: the released TCPNet/TSN checkpoints, ``[module.]base_model.<backbone key>``,
   ``[module.]base_model.TCP.<head key>``, ``[module.]new_fc.*`` (legacy
   ``base_model.classifier.*`` and the dropout-0 ``base_model.fc.*`` are the classifier too),
-  optionally with the old ``iSQRT`` head names (§3.5).
+  optionally with the old ``iSQRT`` head names of earlier releases.
 * ``tcpnet``: our own names.
 * ``imagenet``: ImageNet backbones: torchvision state dicts (``conv1.weight`` ... ``fc.*``) and the
   authors' GCP-pretrained files (``module.<backbone key>`` plus the reduction layers either at
-  top level, ResNet-50 layout, or as ``iSQRT.layer_reduce{1,2}.{0,1}.*``, TEA/R152 layout, §3.6).
+  top level, ResNet-50 layout, or as ``iSQRT.layer_reduce{1,2}.{0,1}.*``, TEA/R152 layout).
+* ``torchvision-video``: torchvision's video ResNets (``stem.*``, ``layer1.0.conv1.0.0.*`` ...,
+  ``fc.*``), e.g. the Kinetics-400 ``r2plus1d_18`` weights; converted like ImageNet backbones.
 
 All functions here are pure: they look at key names (and the model's key set), never at values.
 """
@@ -28,7 +30,7 @@ from .io import CheckpointError
 _AUTHORS_HEAD = "base_model.TCP."
 _AUTHORS_BACKBONE = "base_model."
 _AUTHORS_FC = "new_fc."
-# Classifier names of older/other authors' runs (SPEC §3.8 and §7.3 item 42).
+# Classifier names of older/other authors' runs (a legacy TSN name and the dropout-0 variant).
 _AUTHORS_FC_ALIASES = ("base_model.classifier.", "base_model.fc.")
 
 
@@ -53,9 +55,9 @@ def strip_module(key: str) -> str:
     return key[len("module."):] if key.startswith("module.") else key
 
 
-# ---------------------------------------------------------------- old "iSQRT" head names (§3.5)
+# ---------------------------------------------------------------- old "iSQRT" head names
 
-# Renames of the attention module, tried in this order (candidates 1-7 of §3.5).
+# Renames of the attention module, tried in this order (most specific first).
 _ATT_RENAMES: Tuple[Tuple[str, str], ...] = (
     ("att_module.conv_1", "TCP_att.TCA.g1"),
     ("att_module.conv_2", "TCP_att.TCA.g2"),
@@ -75,7 +77,7 @@ _SEQ_RENAMES: Tuple[Tuple[str, str], ...] = (
 
 
 def old_key_candidates(key: str) -> List[str]:
-    """Candidate new names of an old ``iSQRT`` key, most specific first (SPEC §3.5).
+    """Candidate new names of an old ``iSQRT`` key, most specific first.
 
     ResNet-50-style files kept the head inside ``layer4`` (``layer4.iSQRT.`` -> ``TCP.``);
     TEA/R152-style files have ``iSQRT.`` -> ``TCP.`` and sequence indices. Because the caller
@@ -101,7 +103,7 @@ def map_old_keys(keys: Iterable[str], target_keys: Set[str]) -> Tuple[Dict[str, 
 
     Returns ``(old -> new for every key that has a match, keys with no match)``. Keys without
     ``iSQRT`` map to themselves. A pure function of its arguments: calling it again (for the
-    next file of an ensemble) cannot replay earlier renames (cf. SPEC §7.3 item 43).
+    next file of an ensemble) cannot replay earlier renames.
     """
     mapping: Dict[str, str] = {}
     unmatched: List[str] = []
@@ -228,6 +230,8 @@ def _convert_imagenet(sd: Mapping[str, torch.Tensor], model_keys: Set[str]) -> C
         label = "imagenet-gcp (ResNet-50 layout)"
     elif any(k.startswith("module.") for k in sd):
         label = "imagenet (DataParallel)"
+    elif any(n.startswith("stem.") for n in names.values()):
+        label = "torchvision-video"
     else:
         label = "torchvision-imagenet"
     conv = Conversion({}, {}, converted_from=label)

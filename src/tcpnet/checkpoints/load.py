@@ -14,6 +14,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from tcpnet.input_config import InputConfig
+from tcpnet.models import build_model, unwrap_model
+
 from .convert import Conversion, convert_state_dict, extract_state_dict, strip_module
 from .io import CheckpointError, PathLike, export_safetensors, read_file, save_model
 
@@ -125,6 +128,7 @@ def _model_name(model: nn.Module) -> str:
 
 
 def _load(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str, strict: bool) -> LoadReport:
+    model = unwrap_model(model)
     conv = convert_state_dict(sd, model.state_dict().keys())
     model_state = model.state_dict()
     dropped: List[Tuple[str, str]] = []
@@ -160,12 +164,14 @@ def load_pretrained(model: nn.Module, path: Source) -> LoadReport:
     """Initialise ``model`` from pretraining weights: load what fits, report the rest.
 
     Accepts ImageNet GCP files (ResNet-50 and TEA/R152 layouts), torchvision state dicts, the
-    authors' TCP checkpoints and our files. The classifier is always dropped (new task, fresh
-    ``fc``; SPEC §3.6 step 4, §3.7). If the head's second reduction does not fit (TCP_dim !=
-    pretrained dim), ``layer_reduce2``/``layer_reduce_bn2`` keep their initialisation (§3.6 step 5).
+    authors' TCP checkpoints, torchvision video ResNets and our files. The classifier is always
+    dropped (new task, fresh ``fc``, as the authors' fine-tuning does). If the head's second
+    reduction does not fit (TCP_dim != pretrained dim), ``layer_reduce2``/``layer_reduce_bn2``
+    keep their initialisation.
     """
     obj, source = _read(path)
     sd = extract_state_dict(obj, source)
+    model = unwrap_model(model)
     model_state = model.state_dict()
     conv = convert_state_dict(sd, model_state.keys())
     dropped: List[Tuple[str, str]] = []
@@ -203,21 +209,20 @@ def build_model_from_checkpoint(path: PathLike, strict: bool = True) -> nn.Modul
 
     The model is returned in eval mode with ``class_names`` (list or ``None``) attached.
     """
-    from tcpnet.input_config import InputConfig
-    from tcpnet.models import build_model
-
     obj, source = _read(path)
     info = _model_info(obj, source)
     kwargs = dict(info.get("model_kwargs") or {})
     kwargs.pop("pretrained", None)  # the file holds the trained weights
     kwargs.setdefault("num_classes", info.get("num_classes"))
+    saved_cfg = info.get("input_config")
+    if saved_cfg and "num_segments" in saved_cfg:
+        kwargs.setdefault("num_segments", saved_cfg["num_segments"])
     try:
         model = build_model(info["model_name"], **kwargs)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{source}: cannot rebuild model {info['model_name']!r} with "
                               f"{kwargs}: {e}") from e
     _load(model, extract_state_dict(obj, source), source, strict)
-    saved_cfg = info.get("input_config")
     if saved_cfg and hasattr(model, "input_config"):
         if InputConfig.from_dict(saved_cfg) != model.input_config:
             log.info("%s: saved input_config %s differs from the rebuilt model's %s; using the saved one",
@@ -248,8 +253,6 @@ def convert_checkpoint(src: PathLike, dst: PathLike, model_name: str, num_classe
     format. The load is strict, so a wrong ``model_name``/``num_segments`` fails loudly.
     ``num_classes`` defaults to the file's classifier size.
     """
-    from tcpnet.models import build_model
-
     obj, source = _read(src)
     sd = extract_state_dict(obj, source)
     if num_classes is None:

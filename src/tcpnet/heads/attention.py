@@ -1,19 +1,16 @@
 """TCP's temporal attention (`TCP_att`): temporal spatial attention, temporal channel attention
-and the circular temporal convolution of SPEC §1.3, with the authors' sub-module names.
+and the circular temporal convolution, with the authors' sub-module names.
 
 All modules take a video-major frame batch ``(N*T, d, H, W)`` (row ``n*T + t`` is frame ``t`` of
 clip ``n``) plus ``T`` and return the same shape.
 """
 from __future__ import annotations
 
-import logging
 from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["TSA", "TCA", "TemporalAttention", "temporal_kernel_size", "temporal_padding"]
 
@@ -33,7 +30,7 @@ def _delay(x: torch.Tensor) -> torch.Tensor:
 
 
 class TSA(nn.Module):
-    """Temporal-based spatial attention (SPEC §1.3.1): frame t's embedding is re-weighted by the
+    """Temporal-based spatial attention: frame t's embedding is re-weighted by the
     softmax affinity between the embeddings of frames t-1 and t-2 (edge-replicated), then added
     back through a zero-initialised BN: ``TSA(x) = x + norm(O)``."""
 
@@ -71,7 +68,7 @@ class TSA(nn.Module):
 
 
 class TCA(nn.Module):
-    """Temporal-based channel attention (SPEC §1.3.2): a shared MLP with sigmoid gates channels
+    """Temporal-based channel attention: a shared MLP with sigmoid gates channels
     from the circular first and (halved) second temporal differences of the pooled input ``x``,
     and scales ``xa`` by the mean of the two gates."""
 
@@ -98,7 +95,7 @@ class TCA(nn.Module):
 
 
 def temporal_kernel_size(num_segments: int) -> int:
-    """Kernel length of the temporal convolution, ``T // 2 + 1`` (SPEC §1.3.3)."""
+    """Kernel length of the temporal convolution, ``T // 2 + 1`` (the published rule)."""
     return num_segments // 2 + 1
 
 
@@ -112,8 +109,8 @@ def temporal_padding(kernel_size: int) -> Tuple[int, int]:
 
 
 class TemporalAttention(nn.Module):
-    """``TCP_att`` (SPEC §1.3): ``xa = TCA(x, TSA(x))`` then ``ReLU(conv_1d(xa) + x)``; each part
-    can be switched off (ablation table §1.3.5). Absent parts have no parameters or keys.
+    """``TCP_att``: ``xa = TCA(x, TSA(x))`` then ``ReLU(conv_1d(xa) + x)``; each part can be
+    switched off (the paper's ablation table). Absent parts have no parameters or keys.
 
     The temporal convolution is a Conv3d d->d with kernel (k, 1, 1), ``k = T//2 + 1``, applied
     with circular padding :func:`temporal_padding`:
@@ -131,7 +128,7 @@ class TemporalAttention(nn.Module):
         super().__init__()
         if num_segments < 1:
             raise ValueError(f"num_segments must be >= 1, got {num_segments}")
-        self.num_segments = num_segments
+        self._num_segments = num_segments
         # Registration order as in the authors' module (TCA, conv_1d, TSA) so state_dict order matches.
         self.TCA = TCA(dim) if channel_attention else None
         if temporal_conv:
@@ -143,6 +140,11 @@ class TemporalAttention(nn.Module):
             self.padding = (0, 0)
         self.TSA = TSA(dim) if spatial_attention else None
         self.reset_parameters()
+
+    @property
+    def num_segments(self) -> int:
+        """The T the temporal convolution is built for (read-only: its kernel is ``T//2 + 1``)."""
+        return self._num_segments
 
     def reset_parameters(self) -> None:
         """Published net init: TCA N(0, 0.01^2)/0, conv_1d all zero, TSA Kaiming/0 with zero BN —
@@ -169,12 +171,12 @@ class TemporalAttention(nn.Module):
     def forward(self, x: torch.Tensor, num_segments: int) -> torch.Tensor:
         if self.conv_1d is not None and num_segments != self.num_segments:
             raise ValueError(
-                f"TCP temporal convolution was built for T={self.num_segments} "
-                f"(kernel {self.conv_1d.kernel_size[0]}); got clips of T={num_segments} frames"
+                f"TCP temporal convolution was built for T={self.num_segments} (kernel T//2+1 = "
+                f"{self.conv_1d.kernel_size[0]}, so its weights fix T); got clips of T={num_segments} frames"
             )
         xa = self.TSA(x, num_segments) if self.TSA is not None else x
         if self.TCA is not None:
-            xa = self.TCA(x, xa, num_segments)  # TCA pools x, not xa (SPEC §1.3.2)
+            xa = self.TCA(x, xa, num_segments)  # TCA pools x, not xa, as the published module does
         if self.conv_1d is None:
             return xa
         return F.relu(self.temporal_conv(xa, num_segments) + x)

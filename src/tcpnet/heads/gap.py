@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from tcpnet.heads.gcp import check_frame_batch
+from tcpnet.heads.base import Head, check_frame_batch
+from tcpnet.heads.registry import register_head
 
 __all__ = ["GAPHead"]
 
 
-class GAPHead(nn.Module):
+@register_head("gap")
+class GAPHead(Head):
     """Mean over T, H and W: (N*T, C, H, W) -> (N, C).
 
     TSN pools each frame, applies dropout and the classifier per frame and averages the T logits.

@@ -3,32 +3,18 @@ all T*H*W positions of a clip. It is the base of the TCP head (same channel redu
 names, so ImageNet GCP weights load into both)."""
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
 
+from tcpnet.heads.base import Head, check_frame_batch
+from tcpnet.heads.registry import register_head
 from tcpnet.ops import isqrt_cov
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["GCPHead", "check_frame_batch"]
 
 
-def check_frame_batch(x: torch.Tensor, num_segments: int, in_channels: int, head: str) -> int:
-    """Validate a (N*T, C, H, W) frame batch and return N."""
-    if x.dim() != 4 or x.shape[1] != in_channels:
-        raise ValueError(
-            f"{head}: expected feature maps (N*T, {in_channels}, H, W), got {tuple(x.shape)}"
-        )
-    if num_segments < 1 or x.shape[0] % num_segments != 0:
-        raise ValueError(
-            f"{head}: batch of {x.shape[0]} frames is not a multiple of num_segments={num_segments}"
-        )
-    return x.shape[0] // num_segments
-
-
-class GCPHead(nn.Module):
+@register_head("gcp")
+class GCPHead(Head):
     """Reductions C -> mid -> dim (1x1 conv without bias, BN, ReLU), then the covariance of the
     ``dim``-channel features over every position of the clip, its Newton-Schulz square root and
     the upper triangle: (N*T, C, H, W) -> (N, dim(dim+1)/2).
@@ -52,7 +38,7 @@ class GCPHead(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Published init (SPEC §1.9 step 4): reduction convs Kaiming-normal(fan_out), BNs 1/0."""
+        """Published init: reduction convs Kaiming-normal(fan_out), BNs 1/0."""
         for conv in (self.layer_reduce1, self.layer_reduce2):
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
         for bn in (self.layer_reduce_bn1, self.layer_reduce_bn2):
@@ -66,8 +52,8 @@ class GCPHead(nn.Module):
         return self.relu(self.layer_reduce_bn2(self.layer_reduce2(x)))
 
     def pool(self, z: torch.Tensor, num_segments: int) -> torch.Tensor:
-        """Video-level covariance pooling (SPEC §1.4): (N*T, d, H, W) -> (N, d, T*H*W) with column
-        index m = (t*H + h)*W + w -> iSQRT -> (N, d(d+1)/2)."""
+        """Video-level covariance pooling: (N*T, d, H, W) -> (N, d, T*H*W) with column index
+        m = (t*H + h)*W + w -> iSQRT -> (N, d(d+1)/2)."""
         nt, d = z.shape[:2]
         n = nt // num_segments
         cols = z.reshape(n, num_segments, d, -1).permute(0, 2, 1, 3).reshape(n, d, -1)

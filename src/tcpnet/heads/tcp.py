@@ -1,23 +1,24 @@
-"""TCP head (SPEC §1): channel reductions, temporal attention (TSA, TCA, circular temporal
-convolution) and temporal covariance pooling with the Newton-Schulz matrix square root."""
+"""TCP head: channel reductions, temporal attention (TSA, TCA, circular temporal convolution)
+and temporal covariance pooling with the Newton-Schulz matrix square root."""
 from __future__ import annotations
 
-import logging
+from typing import Optional
 
 import torch
 from torch import nn
 
 from tcpnet.heads.attention import TemporalAttention
-from tcpnet.heads.gcp import GCPHead, check_frame_batch
+from tcpnet.heads.base import check_frame_batch
+from tcpnet.heads.gcp import GCPHead
+from tcpnet.heads.registry import register_head
 from tcpnet.ops import isqrt_cov
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["TCPHead"]
 
 LEVELS = ("video", "frame")
 
 
+@register_head("tcp")
 class TCPHead(GCPHead):
     """Temporal-attentive covariance pooling: (N*T, C, H, W) -> (N, dim(dim+1)/2).
 
@@ -29,7 +30,11 @@ class TCPHead(GCPHead):
     ``level="video"`` (published): one covariance over all T*H*W positions of a clip.
     ``level="frame"``: one covariance per frame over its H*W positions; the T vectors are averaged
     so the output stays (N, D). Because the classifier is linear, this gives the same logits as
-    averaging per-frame logits (what the authors' frame-level mode intended, SPEC §1.8).
+    averaging per-frame logits (what the authors' frame-level mode intended).
+
+    ``num_segments`` is the T the temporal convolution is built for (kernel ``T//2 + 1``): its
+    weights fix T, so the head runs only at that T (``fixed_num_segments``); without the
+    temporal convolution it pools clips of any length.
     """
 
     def __init__(
@@ -49,7 +54,7 @@ class TCPHead(GCPHead):
         if num_segments < 1:
             raise ValueError(f"TCPHead: num_segments must be >= 1, got {num_segments}")
         super().__init__(in_channels, dim=dim, mid_channels=mid_channels, iters=iters)
-        self.num_segments = num_segments
+        self._num_segments = num_segments
         self.level = level
         if spatial_attention or channel_attention or temporal_conv:
             self.TCP_att: nn.Module = TemporalAttention(
@@ -62,9 +67,19 @@ class TCPHead(GCPHead):
         else:
             self.TCP_att = nn.Identity()
 
+    @property
+    def num_segments(self) -> int:
+        """The T this head was built for (read-only: the temporal convolution's shape depends on it)."""
+        return self._num_segments
+
+    @property
+    def fixed_num_segments(self) -> Optional[int]:
+        att = self.TCP_att
+        return self._num_segments if isinstance(att, TemporalAttention) and att.conv_1d is not None else None
+
     def reset_parameters(self) -> None:
-        """Published init (SPEC §1.9): reductions Kaiming(fan_out) with BN 1/0, then the
-        attention module's own init, so that ``TCP_att(x) == x`` at construction."""
+        """Published init: reductions Kaiming(fan_out) with BN 1/0, then the attention module's
+        own init, so that ``TCP_att(x) == x`` at construction."""
         super().reset_parameters()
         att = getattr(self, "TCP_att", None)  # absent while GCPHead.__init__ runs
         if isinstance(att, TemporalAttention):

@@ -1,6 +1,10 @@
 """Video recognition models: :class:`Recognizer` (backbone + head + classifier) and the registry
-(:func:`build_model`, :func:`list_models`, :func:`register_model`)."""
+(:func:`build_model`, :func:`list_models`, :func:`register_model`, :func:`create_recognizer`),
+plus the helpers every layer above shares: :func:`batchnorms` and :func:`unwrap_model`."""
+from tcpnet.models.batchnorm import batchnorms
 from tcpnet.models.recognizer import Recognizer
-from tcpnet.models.registry import build_model, list_models, register_model
+from tcpnet.models.registry import build_model, create_recognizer, list_models, register_model
+from tcpnet.models.unwrap import unwrap_model
 
-__all__ = ["Recognizer", "build_model", "list_models", "register_model"]
+__all__ = ["Recognizer", "build_model", "create_recognizer", "list_models", "register_model",
+           "batchnorms", "unwrap_model"]

@@ -1,14 +1,11 @@
 """Parameter and FLOP count of a model for one input, measured with PyTorch's FlopCounterMode."""
 from __future__ import annotations
 
-import logging
 from typing import Dict, Sequence, Union
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["complexity"]
 

@@ -1,0 +1,39 @@
+"""The head contract: video-major frame features ``(N*T, C, H, W)`` plus ``T`` -> ``(N, out_dim)``.
+
+T arrives with every call (the model owns it), so one head instance serves any clip length
+unless its weights depend on T; such a head says so with ``fixed_num_segments``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+__all__ = ["Head", "check_frame_batch"]
+
+
+def check_frame_batch(x: torch.Tensor, num_segments: int, in_channels: int, head: str) -> int:
+    """Validate a (N*T, C, H, W) frame batch and return N."""
+    if x.dim() != 4 or x.shape[1] != in_channels:
+        raise ValueError(
+            f"{head}: expected feature maps (N*T, {in_channels}, H, W), got {tuple(x.shape)}"
+        )
+    if num_segments < 1 or x.shape[0] % num_segments != 0:
+        raise ValueError(
+            f"{head}: batch of {x.shape[0]} frames is not a multiple of num_segments={num_segments}"
+        )
+    return x.shape[0] // num_segments
+
+
+class Head(nn.Module):
+    """Base of pooling heads: ``forward(x, num_segments) -> (N, out_dim)``."""
+
+    in_channels: int
+    out_dim: int
+
+    @property
+    def fixed_num_segments(self) -> Optional[int]:
+        """The only T this head's weights allow (e.g. a temporal convolution whose kernel depends
+        on T), or None when it pools clips of any length."""
+        return None
