@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import format_table, interleaved_times, machine_summary  # noqa: E402
 
-from tcpnet.data.prepare import write_video  # noqa: E402
+from tcpnet.tools.prepare import write_video  # noqa: E402
 from tcpnet.engine.predict import build_predict_dataset, predict_videos  # noqa: E402
 from tcpnet.models import build_model  # noqa: E402
 

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tcpnet.data import DecodeError, load_clip
-from tcpnet.data.annotations import VideoRecord
+from tcpnet.data import VideoRecord
 from tcpnet.data.dataset import VideoDataset
 from tcpnet.data.samplers import TSNTestSampler
 from tcpnet.data.transforms import resize, to_float

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from videos import decode_all, make_frames, write_video
 
-from tcpnet.data.annotations import read_frame_list
+from tcpnet.data.lists import read_frame_list
 from tcpnet.data.clip import load_clip
-from tcpnet.data.prepare import (
+from tcpnet.tools.prepare import (
     build_list,
     extract_frames,
     kinetics_ytid,

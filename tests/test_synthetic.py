@@ -11,9 +11,9 @@ import av
 import numpy as np
 import pytest
 
-from tcpnet.data.annotations import read_frame_list
+from tcpnet.data.lists import read_frame_list
 from tcpnet.data.clip import load_clip, probe
-from tcpnet.data.synthetic import (
+from tcpnet.tools.synthetic import (
     MAX_CLASSES,
     PAIR_KINDS,
     SyntheticParams,
@@ -24,7 +24,7 @@ from tcpnet.data.synthetic import (
     sample_params,
     write_clip,
 )
-from tcpnet.data.prepare import write_video
+from tcpnet.tools.prepare import write_video
 
 SMALL = dict(num_classes=8, train_per_class=2, val_per_class=1, num_frames=16, size=64)
 ALL_PAIRS = range(len(PAIR_KINDS))

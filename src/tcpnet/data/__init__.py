@@ -1,6 +1,5 @@
-"""Video data: readers, sampling, transforms, list formats, datasets, synthetic data, tools."""
-# No `from __future__ import annotations` here: it would bind the name `annotations`, which
-# must stay the sub-module `tcpnet.data.annotations`.
+"""Video data: readers, sampling, transforms, list formats, datasets and their assembly."""
+
 import importlib
 from typing import Any
 
@@ -9,15 +8,13 @@ from typing import Any
 _LAZY = {
     "load_clip": "tcpnet.data.clip",
     "probe": "tcpnet.data.clip",
-    "VideoInfo": "tcpnet.data.clip",
-    "DecodeError": "tcpnet.data.clip",
-    "FrameIndexError": "tcpnet.data.clip",
-    "make_synthetic_dataset": "tcpnet.data.synthetic",
+    "VideoInfo": "tcpnet.data.records",
+    "DecodeError": "tcpnet.data.errors",
+    "FrameIndexError": "tcpnet.data.errors",
     "FrameSampler": "tcpnet.data.samplers",
     "TSNTrainSampler": "tcpnet.data.samplers",
     "TSNValSampler": "tcpnet.data.samplers",
     "TSNTestSampler": "tcpnet.data.samplers",
-    "TwiceSampler": "tcpnet.data.samplers",
     "DenseSampler": "tcpnet.data.samplers",
     "build_sampler": "tcpnet.data.samplers",
     "ClipTransform": "tcpnet.data.transforms",
@@ -38,22 +35,31 @@ _LAZY = {
     "multiscale_crop_sizes": "tcpnet.data.transforms",
     "parse_views": "tcpnet.data.transforms",
     "build_transform": "tcpnet.data.transforms",
-    "VideoRecord": "tcpnet.data.annotations",
-    "RecordList": "tcpnet.data.annotations",
-    "read_frame_list": "tcpnet.data.annotations",
-    "read_video_list": "tcpnet.data.annotations",
-    "read_class_names": "tcpnet.data.annotations",
-    "read_class_folders": "tcpnet.data.annotations",
-    "read_something_v1_labels": "tcpnet.data.annotations",
-    "read_something_v1": "tcpnet.data.annotations",
-    "read_charades": "tcpnet.data.annotations",
-    "read_hmdb51_split": "tcpnet.data.annotations",
-    "read_ucf101_class_ind": "tcpnet.data.annotations",
-    "read_ucf101_split": "tcpnet.data.annotations",
-    "multi_hot": "tcpnet.data.annotations",
-    "check_records": "tcpnet.data.annotations",
+    "VideoRecord": "tcpnet.data.records",
+    "RecordList": "tcpnet.data.records",
+    "VIDEO_EXTENSIONS": "tcpnet.data.lists",
+    "read_frame_list": "tcpnet.data.lists",
+    "read_video_list": "tcpnet.data.lists",
+    "read_class_names": "tcpnet.data.lists",
+    "read_class_folders": "tcpnet.data.lists",
+    "read_something_v1_labels": "tcpnet.data.lists",
+    "read_something_v1": "tcpnet.data.lists",
+    "read_charades": "tcpnet.data.lists",
+    "read_hmdb51_split": "tcpnet.data.lists",
+    "read_ucf101_class_ind": "tcpnet.data.lists",
+    "read_ucf101_split": "tcpnet.data.lists",
+    "multi_hot": "tcpnet.data.lists",
+    "check_records": "tcpnet.data.lists",
     "VideoDataset": "tcpnet.data.dataset",
     "BadItem": "tcpnet.data.dataset",
+    "ListSource": "tcpnet.data.formats",
+    "register_list_format": "tcpnet.data.formats",
+    "list_formats": "tcpnet.data.formats",
+    "check_data_config": "tcpnet.data.build",
+    "read_lists": "tcpnet.data.build",
+    "build_datasets": "tcpnet.data.build",
+    "build_test_dataset": "tcpnet.data.build",
+    "resolve_input_config": "tcpnet.data.build",
 }
 
 

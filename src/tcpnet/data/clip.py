@@ -8,60 +8,19 @@ if every frame had been decoded in order.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-PathLike = Union[str, "os.PathLike[str]"]
+from tcpnet.data.errors import DecodeError, FrameIndexError
+from tcpnet.data.records import PathLike, VideoInfo
+
+# The errors and VideoInfo are defined in their own modules and re-exported here with load_clip.
+__all__ = ["load_clip", "probe", "DecodeError", "FrameIndexError", "VideoInfo", "DEFAULT_FRAME_TEMPLATE"]
 
 DEFAULT_FRAME_TEMPLATE = "img_{:05d}.jpg"
-
-
-class DecodeError(RuntimeError):
-    """A video file or frame folder could not be read; `.path` names it, the message says why.
-
-    `cause` may be omitted so that torch's DataLoader, which re-raises worker errors as
-    `type(err)(message)`, keeps the type.
-    """
-
-    def __init__(self, path: PathLike, cause: Union[str, BaseException, None] = None):
-        self.path = os.fspath(path)
-        self.cause = cause
-        super().__init__(self.path if cause is None else f"{self.path}: {cause}")
-
-    def __reduce__(self):  # keep pickling (DataLoader workers send exceptions back) working
-        return (type(self), (self.path, self.cause))
-
-
-class FrameIndexError(DecodeError, IndexError):
-    """A requested frame index is negative or not below the clip's frame count."""
-
-    def __init__(self, path: PathLike, index: int, num_frames: Optional[int]):
-        self.index = int(index)
-        self.num_frames = num_frames
-        if self.index < 0:
-            cause = f"frame index {self.index} is negative (indices are 0-based)"
-        else:
-            cause = f"frame index {self.index} is out of range for a clip of {num_frames} frames"
-        super().__init__(path, cause)
-
-    def __reduce__(self):
-        return (type(self), (self.path, self.index, self.num_frames))
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """What `probe` learns about a clip. `num_frames` is exact (counted, never header metadata)."""
-
-    num_frames: int
-    fps: Optional[float]
-    width: int
-    height: int
-    keyframes: tuple  # 0-based presentation indices of the keyframes (all frames for folders)
-    duration: Optional[float]  # seconds; None when unknown (frame folders)
-    codec: str
+READERS = ("pyav", "torchcodec")  # video decoders behind load_clip (frame folders: PIL)
 
 
 def _as_indices(path: PathLike, indices: Union[Sequence[int], np.ndarray, torch.Tensor]) -> np.ndarray:
@@ -86,19 +45,27 @@ def load_clip(
     *,
     frame_template: str = DEFAULT_FRAME_TEMPLATE,
     threads: Optional[int] = None,
+    reader: str = "pyav",
 ) -> torch.Tensor:
     """Frames `indices` (0-based, any order, repeats allowed) of a video file or frame folder.
 
     Returns a uint8 tensor (T, H, W, 3), RGB. A folder holds 1-based images named by
     `frame_template` (e.g. img_00001.jpg). `threads` is the FFmpeg decoder thread count
-    (None: 1 inside a DataLoader worker, else FFmpeg's automatic choice).
+    (None: 1 inside a DataLoader worker, else FFmpeg's automatic choice). `reader` decodes video
+    files: "pyav" (default) or "torchcodec" (optional package, needs a system FFmpeg; exact mode).
     Raises DecodeError (unreadable input) or FrameIndexError (index out of range).
     """
+    if reader not in READERS:
+        raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
     array = _as_indices(path, indices)
     if os.path.isdir(path):
         from tcpnet.data.frames import read_frame_folder
 
         clip = read_frame_folder(path, array, frame_template)
+    elif reader == "torchcodec":
+        from tcpnet.data.torchcodec_reader import read_video as read_with_torchcodec
+
+        clip = read_with_torchcodec(path, array, threads=threads)
     else:
         from tcpnet.data.video import read_video
 

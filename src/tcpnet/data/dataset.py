@@ -31,8 +31,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tcpnet.data.annotations import VideoRecord, multi_hot
-from tcpnet.data.clip import DEFAULT_FRAME_TEMPLATE, DecodeError, load_clip, probe
+from tcpnet.data.clip import DEFAULT_FRAME_TEMPLATE, load_clip, probe
+from tcpnet.data.errors import DecodeError
+from tcpnet.data.lists import multi_hot
+from tcpnet.data.records import VideoRecord
 from tcpnet.data.samplers import build_sampler
 from tcpnet.data.transforms import ClipTransform, build_transform, parse_views, to_float, to_views
 from tcpnet.input_config import InputConfig
@@ -71,6 +73,7 @@ class VideoDataset(Dataset):
 
     ``decode_threads``: FFmpeg threads per video, passed to :func:`~tcpnet.data.load_clip`
     (``None``: its default, 1 inside DataLoader workers, FFmpeg's choice in the main process).
+    ``reader``: the video decoder, "pyav" (default) or "torchcodec" (optional; exact mode).
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class VideoDataset(Dataset):
         max_consecutive_failures: int = 10,
         return_uint8: bool = False,
         decode_threads: Optional[int] = None,
+        reader: str = "pyav",
     ) -> None:
         if sampler is None:
             raise TypeError("VideoDataset: a sampler is required (e.g. tcpnet.data.TSNTrainSampler(8))")
@@ -101,6 +105,14 @@ class VideoDataset(Dataset):
             raise ValueError(f"seed must be a non-negative int, got {seed}")
         if len(records) == 0:
             raise ValueError("VideoDataset: no records")
+        if reader not in READERS:
+            raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
+        if reader == "torchcodec":  # fail here, not in every worker
+            from tcpnet.data.torchcodec_reader import unavailable_reason
+
+            why = unavailable_reason()
+            if why is not None:
+                raise ImportError(why)
         self.records = list(records)
         self.class_names: Optional[List[str]] = getattr(records, "class_names", None)
         self.root = os.fspath(root)
@@ -115,6 +127,7 @@ class VideoDataset(Dataset):
         self.max_consecutive_failures = int(max_consecutive_failures)
         self.return_uint8 = bool(return_uint8)
         self.decode_threads = decode_threads
+        self.reader = reader
         self.num_clips = int(getattr(sampler, "num_clips", 1))
         # Shared between the main process and DataLoader workers (see the module docstring).
         n = len(self.records)
@@ -246,7 +259,7 @@ class VideoDataset(Dataset):
         """Sample, decode and transform record ``index``: the clip as ``__getitem__`` returns it."""
         indices = self.sampler(self.num_frames(index), rng)
         clip = load_clip(self._full_path(self.records[index]), indices, frame_template=self.frame_template,
-                         threads=self.decode_threads)
+                         threads=self.decode_threads, reader=self.reader)
         if self.transform is not None:
             clip = self.transform(clip, rng) if isinstance(self.transform, ClipTransform) else self.transform(clip)
         if clip.dtype != torch.uint8:

@@ -13,7 +13,8 @@ from typing import Dict
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from tcpnet.data.clip import DecodeError, FrameIndexError, PathLike, VideoInfo
+from tcpnet.data.errors import DecodeError, FrameIndexError
+from tcpnet.data.records import PathLike, VideoInfo
 
 
 def _frame_path(folder: str, template: str, number: int) -> str:

@@ -1,4 +1,4 @@
-"""Temporal samplers: which 0-based frames of a video make up a clip (SPEC §5.3).
+"""Temporal samplers: which 0-based frames of a video make up a clip.
 
 A sampler is a small callable ``sampler(num_frames, rng=None) -> np.ndarray`` (int64, 0-based
 frame indices, clip-major then segment order, length ``num_clips * num_segments``), in the
@@ -11,11 +11,9 @@ published quirks, are those of the authors' ``ops/dataset.py`` with ``new_length
 * :class:`TSNTestSampler` -- ``num_clips`` shifted copies of the segment grid (the authors'
   ``--ten_clips_sample`` for 10 clips, segment centres for 1 clip, TSM's "twice sample" for 2).
 * :class:`DenseSampler` -- I3D-style: ``T`` frames with stride ``64 // T`` in a 64-frame window.
-* :class:`TwiceSampler` -- TSM's "twice sample" (two clips), not in the authors' code base.
 """
 from __future__ import annotations
 
-import logging
 from typing import Optional
 
 import numpy as np
@@ -25,12 +23,9 @@ __all__ = [
     "TSNTrainSampler",
     "TSNValSampler",
     "TSNTestSampler",
-    "TwiceSampler",
     "DenseSampler",
     "build_sampler",
 ]
-
-logger = logging.getLogger(__name__)
 
 
 def _check_num_frames(num_frames: int) -> int:
@@ -94,7 +89,7 @@ class TSNValSampler(FrameSampler):
     """Validation sampling: segment centres ``int(tick/2 + tick*x)``, ``tick = F / T``.
 
     Published guard: only ``F > T`` uses the formula, otherwise ``[0] * T`` -- so a video with
-    exactly ``F == T`` frames gets frame 1 repeated (SPEC §7.4 item 48). ``fix_equal=True``
+    exactly ``F == T`` frames gets frame 1 repeated (a published quirk). ``fix_equal=True``
     applies the formula for ``F == T`` too (giving ``0..T-1``); ``F < T`` stays ``[0] * T``.
     """
 
@@ -123,7 +118,7 @@ class TSNTestSampler(FrameSampler):
       for ``N = 2`` it is TSM's "twice sample" (centres, then segment starts). Other ``N`` are
       our generalisation of the same rule (offsets ``tick*k/N`` spread evenly inside a segment).
 
-    Short videos (``F < T``, ``tick < 1``) repeat frames, as published (SPEC §7.4 item 48).
+    Short videos (``F < T``, ``tick < 1``) repeat frames, as published (no short-video guard).
     """
 
     def __call__(self, num_frames: int, rng: Optional[np.random.Generator] = None) -> np.ndarray:
@@ -138,28 +133,13 @@ class TSNTestSampler(FrameSampler):
         return np.array(out, dtype=np.int64)
 
 
-class TwiceSampler(TSNTestSampler):
-    """TSM's "twice sample" (``--twice_sample`` of the TSM repository): two clips, first
-    ``int(tick/2 + tick*x)`` then ``int(tick*x)``, ``tick = F / T``.
-
-    The TCPNet code base has no such mode (SPEC §5.3); this follows the TSM definition and is
-    identical to ``TSNTestSampler(num_segments, num_clips=2)``.
-    """
-
-    def __init__(self, num_segments: int) -> None:
-        super().__init__(num_segments, 2)
-
-    def __repr__(self) -> str:
-        return f"TwiceSampler(num_segments={self.num_segments})"
-
-
 class DenseSampler(FrameSampler):
     """I3D-style dense sampling: ``T`` frames with stride ``window // T`` starting at ``start``,
     indices taken modulo ``F`` (so short videos wrap around), ``sample_pos = max(1, 1 + F - window)``.
 
     * ``train=True`` (the authors' train *and* val mode): one clip, ``start = 0`` if
       ``sample_pos == 1`` else ``U{0, sample_pos - 2}`` -- the published upper bound is
-      exclusive of ``sample_pos - 1`` (SPEC §7.4 item 47); ``exclusive_bound=False`` draws from
+      exclusive of ``sample_pos - 1`` (a published quirk); ``exclusive_bound=False`` draws from
       ``U{0, sample_pos - 1}`` instead.
     * ``train=False`` (test): ``num_clips`` starts ``np.linspace(0, sample_pos - 1, num_clips)``
       truncated to int (10 in the published code).

@@ -1,4 +1,4 @@
-"""Spatial transforms on uint8 clips, the same geometry for every frame (SPEC §5.4).
+"""Spatial transforms on uint8 clips, the same geometry for every frame (the published TSN/TSM pipeline).
 
 Layout: a clip is a ``torch.uint8`` tensor ``(T, H, W, 3)`` as returned by
 :func:`tcpnet.data.load_clip`; multi-view transforms add a leading view axis ``(V, T, h, w, 3)``.
@@ -32,13 +32,13 @@ The uint8 kernel is also ~25x faster than the float path on CPU (8 frames 256² 
 """
 from __future__ import annotations
 
-import logging
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tcpnet.config import parse_views
 from tcpnet.input_config import InputConfig
 
 __all__ = [
@@ -63,7 +63,6 @@ __all__ = [
     "build_transform",
 ]
 
-logger = logging.getLogger(__name__)
 
 Size = Union[int, Tuple[int, int]]
 
@@ -392,22 +391,6 @@ def to_views(clip: torch.Tensor, num_clips: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- recipes
-
-
-def parse_views(views: Union[str, Tuple[int, int]]) -> Tuple[int, int]:
-    """``"3x10"`` -> (3 crops, 10 clips)."""
-    if isinstance(views, str):
-        parts = views.lower().split("x")
-        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-            raise ValueError(f"views: expected 'CROPSxCLIPS' such as '3x10' or '1x1', got {views!r}")
-        crops, clips = int(parts[0]), int(parts[1])
-    else:
-        crops, clips = (int(v) for v in views)
-    if crops not in (1, 3, 5, 10):
-        raise ValueError(f"views: number of crops must be 1, 3, 5 or 10, got {crops}")
-    if clips < 1:
-        raise ValueError(f"views: number of clips must be >= 1, got {clips}")
-    return crops, clips
 
 
 def build_transform(mode: str, config: InputConfig, num_crops: int = 1, flip: bool = True,

@@ -39,7 +39,7 @@ class Prediction:
 
 def read_labels(path: str, num_classes: Optional[int] = None) -> List[str]:
     """Class names, one per line (line i = class i); checked against the model's class count."""
-    from tcpnet.data.annotations import read_class_names
+    from tcpnet.data.lists import read_class_names
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: labels file not found")
@@ -51,7 +51,7 @@ def read_labels(path: str, num_classes: Optional[int] = None) -> List[str]:
 
 def build_predict_dataset(model: nn.Module, videos: Sequence[str], views: str = "1x1"):
     """A test-mode VideoDataset over ``videos`` (frame counts probed), errors raised per item."""
-    from tcpnet.data.annotations import VideoRecord
+    from tcpnet.data.records import VideoRecord
     from tcpnet.data.dataset import VideoDataset
 
     records = [VideoRecord(str(v), None, 0) for v in videos]

@@ -1,10 +1,10 @@
-"""Multi-view test run (SPEC §5.5-5.6): checkpoints + a list file -> per-view logits, fused
+"""Multi-view test run: checkpoints + a list file -> per-view logits, fused
 scores, metrics and the files a person reads afterwards.
 
 ``run_test`` evaluates each checkpoint with :func:`tcpnet.engine.evaluate.evaluate` (exact under
 torchrun: every rank evaluates its shard and the results are gathered), fuses the views of each
 model (max-prob by default, the authors' rule), then averages ``weight * fused`` over models
-(SPEC §5.5 item 4). Rank 0 writes into ``output_dir``:
+(as the authors' ensemble script does). Rank 0 writes into ``output_dir``:
 
 * ``metrics.json``: top-1/top-5, mean class accuracy, per-class accuracy (or mAP for multi-label
   data), the settings, and each model's own numbers for an ensemble;
@@ -16,7 +16,6 @@ model (max-prob by default, the authors' rule), then averages ``weight * fused``
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -27,7 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from tcpnet.config import Config
+from tcpnet.config import Config, parse_views
+from tcpnet.data.build import IndexedSubset, build_test_dataset, check_data_config, load_class_names, read_list
 from tcpnet.engine.distributed import cleanup_distributed, init_distributed, shard_indices
 from tcpnet.engine.evaluate import FUSIONS, evaluate, fuse_views
 from tcpnet.engine.logs import jsonable
@@ -99,22 +99,18 @@ def load_models(paths: Sequence[str], device: torch.device) -> List[torch.nn.Mod
 
 
 def _class_names(cfg: Config, models: Sequence[torch.nn.Module], num_classes: int) -> Optional[List[str]]:
-    from tcpnet.data.annotations import read_class_names
-
-    names = read_class_names(cfg.data.class_names) if cfg.data.class_names else getattr(models[0], "class_names", None)
+    names = load_class_names(cfg.data) or getattr(models[0], "class_names", None)
     if names is not None and len(names) != num_classes:
         source = cfg.data.class_names or "the checkpoint"
         raise ValueError(f"{source}: {len(names)} class names but the model has {num_classes} classes")
     return list(names) if names is not None else None
 
 
-def _test_list(cfg: Config) -> str:
-    path = cfg.data.test_list or cfg.data.val_list
-    if not path:
+def _test_subset(cfg: Config) -> str:
+    """``test`` when data.test_list is set, else ``val``."""
+    if not (cfg.data.test_list or cfg.data.val_list):
         raise ValueError("no test list: set data.test_list (or data.val_list)")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: test list not found")
-    return path
+    return "test" if cfg.data.test_list else "val"
 
 
 def write_confusion_matrix(cm: np.ndarray, class_names: Optional[Sequence[str]], csv_path: Path,
@@ -164,9 +160,7 @@ def run_test(cfg: Config, checkpoints: Union[str, Sequence[str], None] = None,
 
     ``views``/``fusion`` default to ``cfg.test``; ``output_dir`` to ``<cfg.output_dir>/test_<views>``.
     """
-    from tcpnet.data.transforms import parse_views
-    from tcpnet.engine.train import IndexedSubset, read_list
-
+    check_data_config(cfg.data)
     views = views or cfg.test.views
     fusion = fusion or cfg.test.fusion
     crops, clips = parse_views(views)
@@ -178,7 +172,10 @@ def run_test(cfg: Config, checkpoints: Union[str, Sequence[str], None] = None,
     weights = [float(w) for w in weights]
     if len(weights) != len(paths):
         raise ValueError(f"--weights: {len(weights)} weight(s) for {len(paths)} checkpoint(s)")
-    list_path = _test_list(cfg)
+    subset = _test_subset(cfg)
+    list_path = getattr(cfg.data, f"{subset}_list")
+    if not Path(list_path).exists():
+        raise FileNotFoundError(f"{list_path} (data.{subset}_list): test list not found")
 
     info = init_distributed(cfg.device)
     owns_group = info.world_size > 1
@@ -187,26 +184,12 @@ def run_test(cfg: Config, checkpoints: Union[str, Sequence[str], None] = None,
         models = load_models(paths, device)
         num_classes = int(models[0].num_classes)
         class_names = _class_names(cfg, models, num_classes)
-        list_format = cfg.data.list_format
-        if list_format == "auto" and cfg.data.format == "frames":
-            list_format = "tsn"  # as training reads it (tcpnet.engine.train.read_lists)
-        records = read_list(list_path, list_format, class_names, num_classes)
-        if len(records) == 0:
-            raise ValueError(f"{list_path}: no videos")
-
-        from tcpnet.data.dataset import VideoDataset
-
+        records = read_list(cfg.data, subset, class_names=class_names, num_classes=num_classes)
         per_model, all_logits, targets = [], [], None
         rec_paths: Optional[List[str]] = None
         for path, model, weight in zip(paths, models, weights):
-            ic = model.input_config
-            if cfg.data.crop_size or cfg.data.scale_size:
-                ic = dataclasses.replace(ic, crop_size=cfg.data.crop_size or ic.crop_size,
-                                         scale_size=cfg.data.scale_size or ic.scale_size)
-            dataset = VideoDataset.from_config(
-                records, cfg.data.root, ic, mode="test", views=(crops, clips),
-                num_segments=model.num_segments, num_classes=num_classes, multi_label=cfg.data.multi_label,
-                frame_template=cfg.data.frame_template, min_frames=0)
+            dataset = build_test_dataset(cfg.data, records, model.input_config, views=(crops, clips),
+                                         num_segments=model.num_segments, num_classes=num_classes)
             rec_paths = [r.path for r in dataset.records]
             shard = IndexedSubset(dataset, shard_indices(len(dataset), info.rank, info.world_size))
             loader = DataLoader(shard, batch_size=cfg.test.batch_size, num_workers=cfg.data.num_workers,

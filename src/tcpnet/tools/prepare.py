@@ -1,4 +1,4 @@
-"""Dataset preparation tools (SPEC §6): frame extraction, re-encoding, list files, Mini-Kinetics-200.
+"""Dataset preparation tools: frame extraction, re-encoding, list files, Mini-Kinetics-200.
 
 Every tool walks a class-per-folder tree (``<root>/<class_name>/<video>``), shows a tqdm bar,
 logs what it skips or fails, never stops on one bad video, and returns a :class:`PrepareSummary`
@@ -25,12 +25,13 @@ import av
 import numpy as np
 from tqdm import tqdm
 
+from tcpnet.data.clip import DEFAULT_FRAME_TEMPLATE
+from tcpnet.data.lists import VIDEO_EXTENSIONS
+from tcpnet.data.records import PathLike
+
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, "os.PathLike[str]"]
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-DEFAULT_FRAME_TEMPLATE = "img_{:05d}.jpg"
 
 
 @dataclass
@@ -418,7 +419,7 @@ def build_list(
     workers: Optional[int] = 1,
     progress: bool = True,
 ) -> PrepareSummary:
-    """Write a list file (``<path relative to root> <num_frames> <label>`` per line, SPEC §5.1) for a
+    """Write a TSN list file (``<path relative to root> <num_frames> <label>`` per line) for a
     class-per-folder tree of videos (``kind="video"``: exact frame counts from the packet index)
     or frame folders (``kind="frames"``: ``<class>/<video>/`` with consecutive ``template`` images).
 
@@ -528,7 +529,7 @@ def make_mini_kinetics200(
     classes_out: Optional[PathLike] = None,
     expected_classes: int = 200,
 ) -> PrepareSummary:
-    """Mini-Kinetics-200 list from a Kinetics-400 list (SPEC §6.2 route A): keep the lines whose
+    """Mini-Kinetics-200 list from a Kinetics-400 list (no new download): keep the lines whose
     YouTube id is in ``ytid_list`` (one id per line) and relabel them 0..N-1.
 
     Label order: the kept K400 labels sorted ascending (so K400's alphabetical class order is kept);

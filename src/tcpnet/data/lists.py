@@ -1,26 +1,24 @@
-"""Annotation formats -> lists of :class:`VideoRecord` (paths relative to a dataset root).
+"""List files and folder trees -> :class:`RecordList` (paths relative to a dataset root).
 
-Readers for the TSM/TCPNet frame lists (SPEC §5.1), ``path label`` video lists, class-per-folder
-trees (Kinetics as distributed), Something-Something V1 csv files, Charades csv files
-(multi-label), HMDB51 and UCF101 split files. Each returns a :class:`RecordList` (a plain
-``list`` of records with a ``class_names`` attribute when the format names its classes).
-Malformed lines raise ``ValueError("<file>:<line>: expected ..., got ...")``.
-:func:`check_records` finds every missing video up front.
+Parsers for the TSN/TCPNet frame lists, ``path label`` video lists, class-per-folder trees
+(Kinetics as distributed), Something-Something V1 csv files, Charades csv files (multi-label),
+HMDB51 and UCF101 split files. Each returns a :class:`RecordList` (a plain ``list`` of records
+with a ``class_names`` attribute when the format names its classes). Malformed lines raise
+``ValueError("<file>:<line>: expected ..., got ...")``. :func:`check_records` finds every
+missing video up front. The config-facing registry of formats is :mod:`tcpnet.data.formats`.
 """
 from __future__ import annotations
 
 import csv
 import logging
-import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from tcpnet.data.records import PathLike, RecordList, VideoRecord
+
 __all__ = [
-    "VideoRecord",
-    "RecordList",
     "read_frame_list",
     "read_video_list",
     "read_class_names",
@@ -38,27 +36,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v")
-
-
-@dataclass(frozen=True)
-class VideoRecord:
-    """One video: ``path`` (a video file or a frame folder, relative to the dataset root),
-    ``num_frames`` (``None``: probe the video when needed), ``label`` (an int, or a list of
-    class ids for multi-label datasets)."""
-
-    path: str
-    num_frames: Optional[int]
-    label: Union[int, List[int]]
-
-
-class RecordList(list):
-    """A ``list[VideoRecord]`` that also carries ``class_names`` (index -> name) when known."""
-
-    def __init__(self, records: Iterable[VideoRecord] = (), class_names: Optional[Sequence[str]] = None):
-        super().__init__(records)
-        self.class_names: Optional[List[str]] = list(class_names) if class_names is not None else None
+# File name endings taken as videos, by the folder reader and by `tcpnet prepare` alike.
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
 
 
 def _lines(path: PathLike) -> Iterator[Tuple[int, str]]:
@@ -96,7 +75,7 @@ def _name_index(class_names: Sequence[str]) -> Dict[str, int]:
 
 
 def read_frame_list(path: PathLike, min_frames: int = 0) -> RecordList:
-    """TSM/TCPNet list: ``<folder> <num_frames> <label>`` per line (SPEC §5.1).
+    """TSM/TCPNet list: ``<folder> <num_frames> <label>`` per line.
 
     Any whitespace separates fields, and the last two fields are taken as the integers, so
     folder names may contain spaces (the published reader splits on single spaces and supports

@@ -1,4 +1,4 @@
-"""Annotation formats parsed from small hand-written files; malformed lines name file:line."""
+"""List formats parsed from small hand-written files; malformed lines name file:line."""
 from __future__ import annotations
 
 import pickle
@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tcpnet.data.annotations import (RecordList, VideoRecord, check_records, multi_hot, read_class_names,
-                                     read_charades, read_class_folders, read_frame_list,
-                                     read_hmdb51_split, read_something_v1, read_something_v1_labels,
-                                     read_ucf101_class_ind, read_ucf101_split, read_video_list)
+from tcpnet.data import RecordList, VideoRecord
+from tcpnet.data.lists import (check_records, multi_hot, read_charades, read_class_folders, read_class_names,
+                               read_frame_list, read_hmdb51_split, read_something_v1, read_something_v1_labels,
+                               read_ucf101_class_ind, read_ucf101_split, read_video_list)
 
 
 def write(path: Path, text: str) -> Path:
@@ -169,14 +169,13 @@ def test_record_list_pickles_with_class_names():
 
 
 def test_submodule_import_is_not_shadowed():
-    """`from tcpnet.data import annotations` must give the list-format module (a __future__
-    import in the package would bind that name to a feature object instead). Checked in a fresh
-    interpreter: importing the sub-module first, as this file does, would hide the bug."""
+    """`from tcpnet.data import lists` must give the list-format module. Checked in a fresh
+    interpreter: importing the sub-module first, as this file does, would hide a shadowing bug."""
     import subprocess
     import sys
 
-    code = ("from tcpnet.data import annotations as m; "
-            "assert m.__name__ == 'tcpnet.data.annotations', m; print('ok')")
+    code = ("from tcpnet.data import lists as m; "
+            "assert m.__name__ == 'tcpnet.data.lists', m; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 

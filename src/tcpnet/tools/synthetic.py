@@ -41,8 +41,8 @@ On disk (``make_synthetic_dataset``)::
     out_dir/train.txt, out_dir/val.txt                 list files, one video per line:
                                                        "videos/train/grow/00003.mp4 32 2"
                                                        = <path relative to out_dir> <num_frames> <label>
-                                                       (three space-separated fields, as in SPEC §5.1:
-                                                       ``tcpnet.data.annotations.read_frame_list`` reads
+                                                       (three space-separated fields, the TSN list
+                                                       format: ``tcpnet.data.lists.read_frame_list`` reads
                                                        it; ``load_clip`` takes the .mp4 path)
     out_dir/classes.txt                                one class name per line; line i = label i
     out_dir/params.jsonl                               one JSON object per video: "path", "split",
@@ -88,7 +88,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 from tqdm import tqdm
 
-from tcpnet.data.prepare import mp_context, write_video
+from tcpnet.tools.prepare import mp_context, write_video
 
 logger = logging.getLogger(__name__)
 

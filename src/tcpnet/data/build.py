@@ -1,0 +1,147 @@
+"""From a data config and a model's input config to datasets.
+
+``check_data_config`` (before any work) -> ``read_lists`` (the format named by
+``data.list_format``, every missing video reported up front) -> ``build_datasets`` (train and
+val) or ``build_test_dataset`` (views). The ``data.crop_size``/``data.scale_size`` override of
+the model's input config is applied in one place, :func:`resolve_input_config`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+from torch.utils.data import Dataset
+
+from tcpnet.config import ConfigError, DataConfig
+from tcpnet.data.dataset import VideoDataset
+from tcpnet.data.formats import ListSource, get_list_format
+from tcpnet.data.lists import check_records
+from tcpnet.data.records import RecordList
+from tcpnet.input_config import InputConfig
+
+__all__ = ["check_data_config", "load_class_names", "read_list", "read_lists", "infer_num_classes",
+           "resolve_input_config", "build_datasets", "build_test_dataset", "IndexedSubset"]
+
+SUBSETS = ("train", "val", "test")
+
+
+def check_data_config(data_cfg: DataConfig) -> None:
+    """Fail with a :class:`~tcpnet.config.ConfigError` naming the key when ``data.list_format``
+    is not registered or the format's required keys are unset. Cheap: reads no file."""
+    name = data_cfg.list_format
+    for key in get_list_format(name).requires:
+        if not getattr(data_cfg, key, None):
+            raise ConfigError(f"data.list_format={name} needs data.{key}")
+    if data_cfg.split < 1:
+        raise ConfigError(f"data.split must be >= 1, got {data_cfg.split}")
+
+
+def load_class_names(data_cfg: DataConfig) -> Optional[List[str]]:
+    """The classes in ``data.class_names``, read the way the list format reads them (a plain
+    list, UCF101's ``classInd.txt``, the sorted Something-Something labels); None if unset."""
+    if not data_cfg.class_names:
+        return None
+    return get_list_format(data_cfg.list_format).read_class_names(data_cfg.class_names)
+
+
+def read_list(data_cfg: DataConfig, subset: str, *, path: Optional[str] = None,
+              class_names: Optional[Sequence[str]] = None, num_classes: Optional[int] = None) -> RecordList:
+    """Records of ``data.<subset>_list`` (or ``path``) in ``data.list_format``; with
+    ``data.check_files`` every missing video is listed in one error. Errors name the file and key."""
+    if subset not in SUBSETS:
+        raise ValueError(f"subset: expected one of {SUBSETS}, got {subset!r}")
+    key = f"data.{subset}_list"
+    path = path or getattr(data_cfg, f"{subset}_list")
+    if not path:
+        raise ValueError(f"{key} is not set")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path} ({key}): not found")
+    names = list(class_names) if class_names is not None else None
+    source = ListSource(str(path), subset, data_cfg, names, num_classes)
+    records = get_list_format(data_cfg.list_format).read(source)
+    if records.class_names is None and names is not None:
+        records.class_names = names
+    if not records:
+        raise ValueError(f"{path} ({key}): no videos")
+    if not data_cfg.multi_label and any(isinstance(r.label, (list, tuple)) for r in records):
+        raise ValueError(f"{path} ({key}): multi-label records; set data.multi_label=true")
+    if data_cfg.check_files:
+        template = data_cfg.frame_template if data_cfg.format != "video" else None
+        try:
+            check_records(records, data_cfg.root, frame_template=template)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{path} ({key}): {e}") from None
+    return records
+
+
+def read_lists(data_cfg: DataConfig, *, num_classes: Optional[int] = None,
+               class_names: Optional[Sequence[str]] = None) -> Dict[str, RecordList]:
+    """Records of every list the config names (train, val, test). Class names: ``class_names``,
+    else ``data.class_names`` (see :func:`load_class_names`), else those the train list names,
+    so every subset numbers the classes the same way."""
+    check_data_config(data_cfg)
+    names = list(class_names) if class_names is not None else load_class_names(data_cfg)
+    records: Dict[str, RecordList] = {}
+    for subset in SUBSETS:
+        if getattr(data_cfg, f"{subset}_list"):
+            records[subset] = read_list(data_cfg, subset, class_names=names, num_classes=num_classes)
+            names = names if names is not None else records[subset].class_names
+    return records
+
+
+def infer_num_classes(records: Dict[str, Sequence]) -> int:
+    """1 + the largest label in the lists (when neither model.num_classes nor class names are given)."""
+    labels = [lab for recs in records.values() for r in recs
+              for lab in (r.label if isinstance(r.label, (list, tuple)) else [r.label])]
+    if not labels:
+        raise ValueError("model.num_classes is not set and cannot be inferred (no labels in the lists)")
+    return max(labels) + 1
+
+
+def resolve_input_config(data_cfg: DataConfig, input_config: InputConfig) -> InputConfig:
+    """The model's input config with ``data.crop_size`` / ``data.scale_size`` when set (train or
+    test at another resolution than the model's default)."""
+    if not (data_cfg.crop_size or data_cfg.scale_size):
+        return input_config
+    return dataclasses.replace(input_config, crop_size=data_cfg.crop_size or input_config.crop_size,
+                               scale_size=data_cfg.scale_size or input_config.scale_size)
+
+
+def build_datasets(data_cfg: DataConfig, records: Dict[str, Sequence], input_config: InputConfig, *,
+                   num_segments: int, num_classes: Optional[int], seed: int,
+                   max_consecutive_failures: int = 10) -> Dict[str, VideoDataset]:
+    """A VideoDataset per subset: train = random segments, multi-scale crop and flip; val (and
+    test) = segment centres, resize and centre crop. Videos with fewer than 3 frames are dropped."""
+    input_config = resolve_input_config(data_cfg, input_config)
+    return {subset: VideoDataset.from_config(
+                recs, data_cfg.root, input_config, mode="train" if subset == "train" else "val",
+                num_segments=num_segments, flip=data_cfg.flip, num_classes=num_classes,
+                multi_label=data_cfg.multi_label, frame_template=data_cfg.frame_template, seed=seed,
+                max_consecutive_failures=max_consecutive_failures, reader=data_cfg.reader)
+            for subset, recs in records.items()}
+
+
+def build_test_dataset(data_cfg: DataConfig, records: Sequence, input_config: InputConfig, *,
+                       views: Union[str, Tuple[int, int]], num_segments: int,
+                       num_classes: Optional[int]) -> VideoDataset:
+    """The test dataset: ``views`` (crops x clips) of every video, none dropped; a video that
+    cannot be read is an error, not replaced."""
+    return VideoDataset.from_config(
+        records, data_cfg.root, resolve_input_config(data_cfg, input_config), mode="test", views=views,
+        num_segments=num_segments, num_classes=num_classes, multi_label=data_cfg.multi_label,
+        frame_template=data_cfg.frame_template, min_frames=0, reader=data_cfg.reader)
+
+
+class IndexedSubset(Dataset):
+    """``dataset[indices[i]]`` plus its dataset index, so evaluation can gather and de-duplicate."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
+        self.dataset, self.indices = dataset, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        clip, target = self.dataset[self.indices[i]][:2]
+        return clip, target, self.indices[i]

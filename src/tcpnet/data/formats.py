@@ -1,0 +1,165 @@
+"""The list-format registry: ``data.list_format`` names one registered reader.
+
+A format is one function ``read(source: ListSource) -> RecordList`` registered with
+:func:`register_list_format`; it takes from ``source.data`` (the :class:`~tcpnet.config.DataConfig`)
+the keys it needs. Adding a format is one decorated function::
+
+    @register_list_format("mylist")
+    def read_mylist(source: ListSource) -> RecordList:
+        return RecordList(VideoRecord(path, None, int(label)) for path, label in ...)
+
+Built in: ``auto`` (detects tsn / video / charades), ``tsn``, ``video``, ``folders``,
+``ssv1``, ``charades``, ``hmdb51``, ``ucf101``. Record paths are relative to ``data.root``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from tcpnet.config import ConfigError, DataConfig
+from tcpnet.data import lists
+from tcpnet.data.records import PathLike, RecordList, VideoRecord
+
+__all__ = ["ListSource", "ListFormat", "register_list_format", "list_formats", "get_list_format"]
+
+
+@dataclass(frozen=True)
+class ListSource:
+    """What a format reader is given: the ``path`` a config key names, which key it was
+    (``subset``: train | val | test), the data config, and the classes known so far."""
+
+    path: str
+    subset: str
+    data: DataConfig
+    class_names: Optional[List[str]] = None  # from data.class_names, else from the train list
+    num_classes: Optional[int] = None        # model.num_classes when set
+
+
+@dataclass(frozen=True)
+class ListFormat:
+    """A registered format: its reader, how it reads the ``data.class_names`` file, and the
+    data-config keys that must be set for it."""
+
+    name: str
+    read: Callable[[ListSource], RecordList]
+    read_class_names: Callable[[PathLike], List[str]]
+    requires: Tuple[str, ...]
+
+
+_FORMATS: Dict[str, ListFormat] = {}
+
+
+def register_list_format(name: str, *, read_class_names: Callable[[PathLike], List[str]] = lists.read_class_names,
+                         requires: Sequence[str] = ()) -> Callable:
+    """Decorator: register ``read(source) -> RecordList`` as ``data.list_format=<name>``.
+
+    ``read_class_names`` reads the file named by ``data.class_names`` for this format (default:
+    one name per line); ``requires`` names ``data.*`` keys that must be set (checked before any
+    work by :func:`tcpnet.data.build.check_data_config`).
+    """
+    def decorate(read: Callable[[ListSource], RecordList]) -> Callable[[ListSource], RecordList]:
+        if name in _FORMATS:
+            raise ValueError(f"list format {name!r} is already registered")
+        _FORMATS[name] = ListFormat(name, read, read_class_names, tuple(requires))
+        return read
+    return decorate
+
+
+def list_formats() -> List[str]:
+    """Registered format names, in registration order."""
+    return list(_FORMATS)
+
+
+def get_list_format(name: str) -> ListFormat:
+    """The registered format ``name``; a ConfigError naming ``data.list_format`` and the choices."""
+    if name not in _FORMATS:
+        raise ConfigError(f"data.list_format must be one of {list_formats()}, got {name!r}")
+    return _FORMATS[name]
+
+
+# --------------------------------------------------------------------------- built-in formats
+
+
+@register_list_format("auto")
+def read_auto(source: ListSource) -> RecordList:
+    """A ``.csv`` file is Charades; with ``data.format=frames`` or lines ``<path> <num_frames>
+    <label>`` the TSN frame list; otherwise a ``<path> <label>`` video list."""
+    return get_list_format(detect_list_format(source.path, source.data.format)).read(source)
+
+
+def detect_list_format(path: str, data_format: Optional[str] = None) -> str:
+    """The format ``auto`` reads ``path`` as (see :func:`read_auto`)."""
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a folder; set data.list_format to one of the folder formats "
+                         f"(folders, hmdb51)")
+    if str(path).endswith(".csv"):
+        return "charades"
+    if data_format == "frames":
+        return "tsn"
+    with open(path, encoding="utf-8") as f:
+        first = next((line.split() for line in f if line.strip()), [])
+    tsn = len(first) >= 3 and first[-1].lstrip("-").isdigit() and first[-2].isdigit()
+    return "tsn" if tsn else "video"
+
+
+@register_list_format("tsn")
+def read_tsn(source: ListSource) -> RecordList:
+    """``<folder> <num_frames> <label>`` per line (TSN/TSM/TCPNet lists)."""
+    return lists.read_frame_list(source.path)
+
+
+@register_list_format("video")
+def read_video(source: ListSource) -> RecordList:
+    """``<video> <label>`` per line; labels are ids or class names."""
+    return lists.read_video_list(source.path, class_names=source.class_names)
+
+
+@register_list_format("folders")
+def read_folders(source: ListSource) -> RecordList:
+    """The path is a ``<class>/<video>`` tree (Kinetics as distributed); one tree per subset."""
+    found = lists.read_class_folders(source.path, class_names=source.class_names)
+    prefix = _relative_to_root(source.path, source.data.root)
+    return RecordList((VideoRecord(f"{prefix}/{r.path}", r.num_frames, r.label) for r in found),
+                      class_names=found.class_names)
+
+
+def _relative_to_root(folder: str, root: str) -> str:
+    """``folder`` as a path that ``os.path.join(root, ...)`` resolves (absolute when outside root)."""
+    if not root:
+        return folder.rstrip("/")
+    folder_abs, root_abs = Path(folder).resolve(), Path(root).resolve()
+    try:
+        return folder_abs.relative_to(root_abs).as_posix()
+    except ValueError:
+        return folder_abs.as_posix()
+
+
+@register_list_format("ssv1", read_class_names=lists.read_something_v1_labels, requires=("class_names",))
+def read_ssv1(source: ListSource) -> RecordList:
+    """Something-Something V1 ``<id>;<Label name>`` csv; ``data.class_names`` is the labels csv
+    (sorted, as TSM numbers them); records are the frame folders ``<id>``."""
+    return lists.read_something_v1(source.path, source.class_names)
+
+
+@register_list_format("charades")
+def read_charades(source: ListSource) -> RecordList:
+    """Charades csv (multi-label; ``data.multi_label=true``); frame folders with ``data.format=frames``."""
+    return lists.read_charades(source.path, num_classes=source.num_classes or 157,
+                               video_ext="" if source.data.format == "frames" else ".mp4")
+
+
+@register_list_format("hmdb51")
+def read_hmdb51(source: ListSource) -> RecordList:
+    """The path is the folder of ``<class>_test_split<k>.txt`` files, ``k = data.split``; the
+    train list takes the training videos of the split, val/test lists its test videos."""
+    return lists.read_hmdb51_split(source.path, split=source.data.split,
+                                   subset="train" if source.subset == "train" else "test",
+                                   class_names=source.class_names)
+
+
+@register_list_format("ucf101", read_class_names=lists.read_ucf101_class_ind, requires=("class_names",))
+def read_ucf101(source: ListSource) -> RecordList:
+    """``trainlistNN.txt`` / ``testlistNN.txt``; ``data.class_names`` is ``classInd.txt``."""
+    return lists.read_ucf101_split(source.path, source.class_names)
