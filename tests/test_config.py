@@ -101,3 +101,68 @@ def test_views_are_checked_when_the_config_loads():
     assert load_config(None, ["test.views=3x10"]).test.views == "3x10"
     with pytest.raises(ConfigError, match=r"test\.views: .*crops must be 1, 3, 5 or 10, got 4"):
         load_config(None, ["test.views=4x2"])
+
+
+def test_config_inheritance_states_only_differences(tmp_path):
+    """A config names `base:` configs (relative to itself or shipped ones); bases apply first, in
+    order, then the file, then overrides; chains and cycles are handled."""
+    from tcpnet.config import ConfigError, load_config
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "root.yaml").write_text("model: {name: tcp_tiny, num_segments: 4}\ntrain: {lr: 0.5, epochs: 3}\n")
+    (tmp_path / "sub" / "mid.yaml").write_text("base: ../root.yaml\ntrain: {lr: 0.25}\n")
+    (tmp_path / "sub" / "child.yaml").write_text("base: [mid.yaml]\nmodel: {num_segments: 16}\n")
+    cfg = load_config(tmp_path / "sub" / "child.yaml", ["train.epochs=7"])
+    assert (cfg.model.name, cfg.model.num_segments, cfg.train.lr, cfg.train.epochs) == ("tcp_tiny", 16, 0.25, 7)
+    # a shipped config as base, by its name
+    (tmp_path / "mine.yaml").write_text("base: k400/tcp_tsn_r50_8f\ndata: {root: /videos}\n")
+    mine = load_config(tmp_path / "mine.yaml")
+    assert mine.model.name == "tcp_tsn_r50" and mine.train.lr == 0.015 and mine.data.root == "/videos"
+    # a cycle, a missing base and a bad key in a base are errors naming the file
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "lost.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"lost\.yaml: base config 'nowhere\.yaml' not found"):
+        load_config(tmp_path / "lost.yaml")
+    (tmp_path / "badbase.yaml").write_text("train: {lrr: 1}\n")
+    (tmp_path / "usesbad.yaml").write_text("base: badbase.yaml\n")
+    with pytest.raises(ConfigError, match=r"badbase\.yaml: unknown key 'train\.lrr'"):
+        load_config(tmp_path / "usesbad.yaml")
+
+
+def test_zoo_8f_16f_pairs_differ_in_three_lines():
+    """The 16-frame zoo configs inherit from their 8-frame twin and state T, lr and output_dir."""
+    import yaml
+
+    from tcpnet.config import SHIPPED_CONFIG_DIR, load_config
+
+    child = yaml.safe_load((SHIPPED_CONFIG_DIR / "k400" / "tcp_tsn_r50_16f.yaml").read_text())
+    assert child == {"base": "tcp_tsn_r50_8f.yaml", "model": {"num_segments": 16}, "train": {"lr": 0.00375},
+                     "output_dir": "runs/k400_tcp_tsn_r50_16f"}
+    c8 = load_config(SHIPPED_CONFIG_DIR / "k400" / "tcp_tsn_r50_8f.yaml")
+    c16 = load_config(SHIPPED_CONFIG_DIR / "k400" / "tcp_tsn_r50_16f.yaml")
+    assert (c16.model.num_segments, c16.train.lr, c8.train.epochs) == (16, 0.00375, c16.train.epochs)
+
+
+def test_choice_lists_have_one_source():
+    """The modules that act on a choice use the config's list, so the two cannot disagree."""
+    from tcpnet import config
+    from tcpnet.engine import evaluate, optim
+
+    assert evaluate.FUSIONS is config.FUSIONS
+    assert optim.OPTIMIZERS is config.OPTIMIZERS and optim.SCHEDULES is config.SCHEDULES
+
+
+def test_new_train_keys_are_validated():
+    from tcpnet.config import ConfigError, load_config
+
+    cfg = load_config(None, ["train.optimizer=adamw", "train.ema_decay=0.99", "train.mixup_alpha=0.2"])
+    assert (cfg.train.optimizer, cfg.train.ema_decay, cfg.train.mixup_alpha) == ("adamw", 0.99, 0.2)
+    for bad, key in [("train.optimizer=lamb", r"train\.optimizer"), ("train.ema_decay=1.0", r"train\.ema_decay"),
+                     ("train.cutmix_alpha=-1", r"train\.cutmix_alpha"), ("train.betas=[0.9]", r"train\.betas")]:
+        with pytest.raises(ConfigError, match=key):
+            load_config(None, [bad])
+    with pytest.raises(ConfigError, match="single-label"):
+        load_config(None, ["data.multi_label=true", "train.mixup_alpha=0.2"])

@@ -16,7 +16,7 @@ import torch
 from tcpnet.config import load_config
 from tcpnet.engine.train import train
 from tcpnet.engine.evaluate import evaluate
-from tcpnet.engine.train import IndexedSubset, build_datasets, read_lists
+from tcpnet.data.build import build_datasets, read_lists
 cfg = load_config(None, sys.argv[1:])
 rank = int(os.environ["RANK"])
 result = train(cfg)  # joins and leaves the gloo process group itself
@@ -28,7 +28,8 @@ record = {"rank": rank, "params_sha256": h.hexdigest(), "final": result["final"]
 if rank == 0:  # single-process evaluation of the same weights, for comparison
     import dataclasses
     cfg1 = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=result["num_classes"]))
-    val = build_datasets(cfg1, {"val": read_lists(cfg1)["val"]}, model.input_config)["val"]
+    val = build_datasets(cfg1.data, {"val": read_lists(cfg1.data)["val"]}, model.input_config,
+                         num_segments=cfg1.model.num_segments, num_classes=cfg1.model.num_classes, seed=cfg1.seed)["val"]
     loader = torch.utils.data.DataLoader(val, batch_size=5)
     res = evaluate(model, loader, device=torch.device("cpu"), num_classes=result["num_classes"])
     record["single"] = {k: v for k, v in res.metrics.items() if k != "confusion_matrix"}
@@ -39,7 +40,7 @@ with open(os.path.join(cfg.output_dir, f"rank{rank}.json"), "w") as f:
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    from tcpnet.data.synthetic import make_synthetic_dataset
+    from tcpnet.tools.synthetic import make_synthetic_dataset
     root = tmp_path_factory.mktemp("syn")
     make_synthetic_dataset(root, seed=1, num_classes=4, train_per_class=4, val_per_class=3,
                            num_frames=16, size=64, progress=False)

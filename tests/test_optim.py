@@ -97,3 +97,74 @@ def test_sgd_step_uses_group_multipliers():
     opt.step()
     assert torch.allclose(before[0] - m.fc.bias, torch.full_like(before[0], 0.1 * 10))
     assert torch.allclose(before[1] - m.backbone.conv1.weight, torch.full_like(before[1], 0.1))
+
+
+def _tiny(**kw):
+    torch.manual_seed(0)
+    return build_model("tcp_tiny", num_classes=3, num_segments=4, **kw)
+
+
+def test_parameters_of_non_leaf_modules_are_grouped():
+    """Parameters owned directly by a module that also has children (an attention module's
+    in_proj_weight, a ViT's cls_token/pos_embed) must land in a group, not be skipped."""
+    m = _tiny()
+    m.head.mha = torch.nn.MultiheadAttention(8, 2)            # in_proj_* on a non-leaf module
+    m.backbone.cls_token = torch.nn.Parameter(torch.zeros(1, 1, 8))
+    m.backbone.pos_embed = torch.nn.Parameter(torch.zeros(1, 8))
+    groups = _by_name(build_param_groups(m))
+    names = {id(p): n for n, p in m.named_parameters()}
+    grouped = {names[id(p)]: g for g, grp in groups.items() for p in grp["params"]}
+    assert grouped["head.mha.in_proj_weight"] == "normal_weight"
+    assert grouped["head.mha.in_proj_bias"] == "normal_bias"
+    assert grouped["head.mha.out_proj.weight"] == "normal_weight"
+    assert grouped["backbone.cls_token"] == "normal_weight"
+    assert grouped["backbone.pos_embed"] == "normal_weight"
+    assert set(grouped) == {n for n, _ in m.named_parameters()}
+
+
+def test_a_parameter_in_two_groups_is_an_error_naming_it():
+    m = _tiny()
+    m.head.extra = torch.nn.Linear(4, 4)
+    m.backbone.extra = torch.nn.Linear(4, 4)
+    m.backbone.extra.weight = m.head.extra.weight                  # tied across two modules
+    with pytest.raises(ValueError, match=r"in more than one group: .*head\.extra\.weight"):
+        build_param_groups(m)
+
+
+def test_every_batchnorm_kind_is_a_bn_group_member():
+    """SyncBatchNorm and BatchNorm3d are BN layers for the optimizer too (one BN helper)."""
+    m = _tiny()
+    m.head.bn3d = torch.nn.BatchNorm3d(4)
+    m = torch.nn.SyncBatchNorm.convert_sync_batchnorm(m)
+    groups = _by_name(build_param_groups(m))
+    names = {id(p): n for n, p in m.named_parameters()}
+    bn = {names[id(p)] for p in groups["BN scale/shift"]["params"]}
+    assert {"head.bn3d.weight", "head.bn3d.bias", "backbone.bn1.weight"} <= bn
+    pbn = _by_name(build_param_groups(m, partial_bn=True))
+    assert not pbn["BN scale/shift"]["params"]
+
+
+def test_partial_bn_left_out_parameters_are_named():
+    from tcpnet.engine.optim import left_out_parameters
+
+    m = _tiny(partial_bn=True)
+    m.train()
+    # the published recipe keeps the first BN out of every group although it stays trainable
+    assert left_out_parameters(m, partial_bn=True) == ["backbone.bn1.weight", "backbone.bn1.bias"]
+    assert left_out_parameters(m, partial_bn=False) == []
+
+
+def test_adamw_uses_the_same_groups_with_decoupled_decay():
+    m = _tiny()
+    opt = build_optimizer(m, lr=1e-3, name="adamw", weight_decay=0.05, betas=(0.9, 0.95))
+    assert isinstance(opt, torch.optim.AdamW)
+    g = _by_name(opt.param_groups)
+    assert g["normal_weight"]["weight_decay"] == pytest.approx(0.05) and g["BN scale/shift"]["weight_decay"] == 0
+    assert g["lr10_bias"]["lr"] == pytest.approx(1e-3 * 10) and g["normal_weight"]["betas"] == (0.9, 0.95)
+    before = m.fc.weight.detach().clone()
+    for p in m.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()  # zero gradient: only the decoupled decay moves the weights, by lr * wd * lr_mult
+    assert torch.allclose(m.fc.weight, before * (1 - 1e-3 * 5 * 0.05))
+    with pytest.raises(ValueError, match="train.optimizer"):
+        build_optimizer(m, lr=0.1, name="lamb")

@@ -23,7 +23,7 @@ train(load_config(None, sys.argv[1:]))
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    from tcpnet.data.synthetic import make_synthetic_dataset
+    from tcpnet.tools.synthetic import make_synthetic_dataset
     root = tmp_path_factory.mktemp("syn")
     make_synthetic_dataset(root, seed=0, num_classes=4, train_per_class=4, val_per_class=2,
                            num_frames=16, size=64, progress=False)
@@ -51,13 +51,14 @@ def _train_records(out: Path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny_data, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["train.ema_decay=0.8"]], ids=["plain", "ema"])
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny_data, tmp_path, extra):
     ref_out, cut_out = tmp_path / "reference", tmp_path / "interrupted"
-    ref = _start(_overrides(tiny_data, ref_out))
+    ref = _start(_overrides(tiny_data, ref_out) + extra)
     assert ref.wait(timeout=600) == 0, ref.stdout.read().decode()[-3000:]
 
     # run again and SIGKILL it two iterations into the second epoch (after epoch 1's checkpoint)
-    proc = _start(_overrides(tiny_data, cut_out))
+    proc = _start(_overrides(tiny_data, cut_out) + extra)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         if any(r["event"] == "train" and r["epoch"] == 1 and r["iter"] >= 2 for r in _train_records(cut_out)):
@@ -70,7 +71,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny_data, tmp_path
     assert not list(cut_out.glob(".*.tmp"))  # no torn checkpoint
 
     # resume (automatic: output_dir holds last.pt) and finish
-    resumed = _start(_overrides(tiny_data, cut_out))
+    resumed = _start(_overrides(tiny_data, cut_out) + extra)
     assert resumed.wait(timeout=600) == 0, resumed.stdout.read().decode()[-3000:]
 
     a = torch.load(ref_out / "last.pt", weights_only=True)
@@ -83,6 +84,13 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny_data, tmp_path
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert (sa["momentum_buffer"] - sb["momentum_buffer"]).abs().max().item() <= 1e-6
     assert a["best_metric"] == b["best_metric"]
+    if extra:  # the EMA weights continue exactly too, and ema.pt holds them as a model file
+        assert set(a["ema"]) == set(b["ema"])
+        for k in a["ema"]:
+            assert (a["ema"][k].double() - b["ema"][k].double()).abs().max().item() <= 1e-6, k
+        ema_file = torch.load(cut_out / "ema.pt", weights_only=True)
+        for k, v in ema_file["state_dict"].items():
+            assert torch.equal(v, b["ema"]["module." + k]), k
     # the resumed run logged a "start" record at epoch 1 and continued the epoch numbering
     starts = [r for r in _train_records(cut_out) if r["event"] == "start"]
     assert [s["start_epoch"] for s in starts] == [0, 1]

@@ -13,7 +13,7 @@ from tcpnet.engine.train import train
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     """4 classes x 4 training / 3 validation videos of 16 frames at 64x64 (real H.264 mp4)."""
-    from tcpnet.data.synthetic import make_synthetic_dataset
+    from tcpnet.tools.synthetic import make_synthetic_dataset
     root = tmp_path_factory.mktemp("syn")
     make_synthetic_dataset(root, seed=0, num_classes=4, train_per_class=4, val_per_class=3,
                            num_frames=16, size=64, progress=False)
@@ -99,3 +99,43 @@ def test_quick_demo(tmp_path):
         assert 0 <= r["top1"] <= 100 and 0 <= r["within_pair"] <= 100 and r["val_videos"] == 32
     assert (tmp_path / "demo" / "demo.png").is_file() and (tmp_path / "demo" / "results.json").is_file()
     assert "within-pair" in summary["table"]
+
+
+def test_ema_weights_are_validated_and_saved(tiny_data, tmp_path):
+    from tcpnet.checkpoints import build_model_from_checkpoint
+
+    out = tmp_path / "ema"
+    result = train(load_config(None, tiny_overrides(tiny_data, out, "train.epochs=1", "train.ema_decay=0.5")))
+    epoch = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"epoch"' in x][-1]
+    assert math.isfinite(epoch["val_ema_top1"]) and math.isfinite(epoch["val_ema_loss"])
+    assert epoch["val_ema_loss"] != epoch["val_loss"]          # validated as its own weights
+    ema_model = build_model_from_checkpoint(out / "ema.pt")
+    trained = result["model"]
+    assert not torch.equal(ema_model.fc.weight, trained.fc.weight)
+    last = torch.load(out / "last.pt", weights_only=True)
+    for k, v in ema_model.state_dict().items():
+        assert torch.equal(v, last["ema"]["module." + k]), k
+
+
+def test_mixup_cutmix_and_adamw_train(tiny_data, tmp_path):
+    out = tmp_path / "mix"
+    train(load_config(None, tiny_overrides(tiny_data, out, "train.epochs=1", "train.mixup_alpha=0.4",
+                                           "train.cutmix_alpha=1.0", "train.optimizer=adamw", "train.lr=0.001")))
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert "betas" in ckpt["optimizer"]["param_groups"][0]    # AdamW state, the published groups
+    assert [g["name"] for g in ckpt["optimizer"]["param_groups"]][-1] == "lr10_bias"
+    epoch = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"epoch"' in x][-1]
+    assert math.isfinite(epoch["train_loss"]) and 0 <= epoch["train_top1"] <= 100
+
+
+@pytest.mark.parametrize("content", [b"garbage bytes, not a checkpoint", b""], ids=["garbage", "empty"])
+def test_unreadable_last_checkpoint_stops_before_training(tiny_data, tmp_path, content):
+    from tcpnet.checkpoints import CheckpointError
+
+    out = tmp_path / "bad"
+    out.mkdir()
+    (out / "last.pt").write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"last\.pt: not a readable PyTorch checkpoint") as err:
+        train(load_config(None, tiny_overrides(tiny_data, out)))
+    assert "\n" not in str(err.value)
+    assert not (out / "metrics.jsonl").exists()                 # nothing was trained

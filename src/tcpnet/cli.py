@@ -181,7 +181,7 @@ def _model_args(items: Sequence[str]) -> Dict[str, Any]:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from tcpnet.data import prepare
+    from tcpnet.tools import prepare
 
     progress = sys.stderr.isatty()
     if args.tool == "extract-frames":
@@ -210,7 +210,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from tcpnet.data.synthetic import make_synthetic_dataset
+    from tcpnet.tools.synthetic import make_synthetic_dataset
 
     ds = make_synthetic_dataset(args.out_dir, seed=args.seed, num_classes=args.num_classes,
                                 train_per_class=args.train_per_class, val_per_class=args.val_per_class,
@@ -424,7 +424,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         from tcpnet.checkpoints import CheckpointError
         from tcpnet.config import ConfigError
-        from tcpnet.data.clip import DecodeError
+        from tcpnet.data.errors import DecodeError
 
         expected = (ConfigError, CheckpointError, DecodeError, OSError, ValueError, TypeError, KeyError)
         msg = _error_message(e)

@@ -9,7 +9,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -17,7 +17,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 __all__ = [
     "Config", "ModelConfig", "DataConfig", "TrainConfig", "TestConfig", "ConfigError",
     "load_config", "config_from_dict", "config_to_dict", "config_to_yaml", "save_config",
-    "parse_views",
+    "parse_views", "SCHEDULES", "OPTIMIZERS", "AMP_MODES", "FUSIONS", "READERS",
 ]
 
 
@@ -44,15 +44,17 @@ class DataConfig:
     val_list: Optional[str] = None
     test_list: Optional[str] = None
     format: Optional[str] = None        # video | frames (None: inferred; readers detect files vs folders)
-    list_format: str = "auto"           # auto | tsn ('<path> <num_frames> <label>') | video | charades
+    list_format: str = "auto"           # a registered format: tcpnet.data.formats.list_formats()
+    split: int = 1                      # hmdb51: which official split (1-3) the split folder is read for
     frame_template: str = "img_{:05d}.jpg"
-    class_names: Optional[str] = None   # classes.txt, one name per line (index = label)
+    class_names: Optional[str] = None   # classes.txt, one name per line (ucf101: classInd.txt, ssv1: labels csv)
     num_workers: int = 4
     flip: bool = True                   # horizontal flip in training (off for Something-Something)
     multi_label: bool = False           # Charades-style labels: BCE loss, mAP metric
     crop_size: Optional[int] = None     # override the model's input_config.crop_size
     scale_size: Optional[int] = None    # override the model's input_config.scale_size
     check_files: bool = True            # before training/testing, fail listing every missing video
+    reader: str = "pyav"                # pyav | torchcodec (exact mode; needs torchcodec + system FFmpeg)
 
 
 @dataclass
@@ -60,8 +62,10 @@ class TrainConfig:
     epochs: int = 50
     batch_size: int = 96                # clips per iteration summed over all ranks (published: total)
     lr: float = 0.015
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    optimizer: str = "sgd"             # sgd (the published parameter groups) | adamw (same groups)
+    momentum: float = 0.9               # SGD momentum
+    weight_decay: float = 1e-4          # coupled L2 for SGD, decoupled for AdamW; per-group multipliers
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW only
     lr_schedule: str = "step"           # step | cos
     lr_steps: List[int] = field(default_factory=lambda: [20, 40])
     warmup_epochs: float = 0.0          # linear warm-up per iteration (0: none, as published)
@@ -70,6 +74,9 @@ class TrainConfig:
     accumulate_steps: int = 1           # optimizer step every n iterations
     amp: str = "none"                   # none | bf16 | fp16 (fp16: CUDA only, with GradScaler)
     channels_last: bool = False
+    ema_decay: Optional[float] = None   # keep an EMA of the weights (e.g. 0.999), validated and saved as ema.pt
+    mixup_alpha: float = 0.0            # mixup Beta(alpha, alpha) on batches (0: off); single-label data only
+    cutmix_alpha: float = 0.0           # cutmix Beta(alpha, alpha) (0: off); with mixup too, one of them per batch
     sync_bn: bool = False               # SyncBatchNorm under DDP on CUDA
     max_consecutive_failures: int = 10  # undecodable videos in a row before the dataset gives up
     log_every: int = 20                 # iterations between log lines / jsonl records
@@ -98,23 +105,39 @@ class Config:
     device: str = "auto"                # auto | cpu | cuda | cuda:N
 
 
+# The one source of each list of choices; the modules that act on a choice import it from here.
+SCHEDULES = ("step", "cos")
+OPTIMIZERS = ("sgd", "adamw")
+AMP_MODES = ("none", "bf16", "fp16")
+FUSIONS = ("max-prob", "mean-prob", "mean-logit")
+DATA_FORMATS = (None, "video", "frames")
+READERS = ("pyav", "torchcodec")
+VIEW_CROPS = (1, 3, 5, 10)
+
 _CHOICES = {
-    "train.lr_schedule": ("step", "cos"),
-    "train.amp": ("none", "bf16", "fp16"),
-    "test.fusion": ("max-prob", "mean-prob", "mean-logit"),
-    "data.format": (None, "video", "frames"),
-    "data.list_format": ("auto", "tsn", "video", "charades"),
+    "train.lr_schedule": SCHEDULES,
+    "train.optimizer": OPTIMIZERS,
+    "train.amp": AMP_MODES,
+    "test.fusion": FUSIONS,
+    "data.format": DATA_FORMATS,
+    "data.reader": READERS,
 }
 
 
-def parse_views(views: str) -> tuple:
-    """'3x10' -> (3 crops, 10 clips), checked at load time by the data pipeline's own parser."""
-    from tcpnet.data.transforms import parse_views as parse
-
-    try:
-        return parse(views)
-    except ValueError as e:
-        raise ConfigError(f"test.views: {e}") from None
+def parse_views(views: Union[str, Tuple[int, int]]) -> Tuple[int, int]:
+    """``"3x10"`` -> (3 crops, 10 clips); crops must be 1, 3, 5 or 10 and clips >= 1."""
+    if isinstance(views, str):
+        parts = views.lower().split("x")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"views: expected 'CROPSxCLIPS' such as '3x10' or '1x1', got {views!r}")
+        crops, clips = int(parts[0]), int(parts[1])
+    else:
+        crops, clips = (int(v) for v in views)
+    if crops not in VIEW_CROPS:
+        raise ValueError(f"views: number of crops must be 1, 3, 5 or 10, got {crops}")
+    if clips < 1:
+        raise ValueError(f"views: number of clips must be >= 1, got {clips}")
+    return crops, clips
 
 
 def _describe(e: OmegaConfBaseException, source: str) -> str:
@@ -151,7 +174,20 @@ def _validate(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: model.dropout must be in [0, 1), got {cfg.model.dropout}")
     if cfg.train.lr <= 0:
         raise ConfigError(f"{source}: train.lr must be > 0, got {cfg.train.lr}")
-    parse_views(cfg.test.views)
+    if cfg.train.ema_decay is not None and not 0.0 < cfg.train.ema_decay < 1.0:
+        raise ConfigError(f"{source}: train.ema_decay must be in (0, 1) or null, got {cfg.train.ema_decay}")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        if getattr(cfg.train, key) < 0:
+            raise ConfigError(f"{source}: train.{key} must be >= 0, got {getattr(cfg.train, key)}")
+    if cfg.data.multi_label and (cfg.train.mixup_alpha > 0 or cfg.train.cutmix_alpha > 0):
+        raise ConfigError(f"{source}: train.mixup_alpha/cutmix_alpha are for single-label data; "
+                          "data.multi_label is true")
+    if len(cfg.train.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.train.betas):
+        raise ConfigError(f"{source}: train.betas must be two numbers in [0, 1), got {cfg.train.betas}")
+    try:
+        parse_views(cfg.test.views)
+    except ValueError as e:
+        raise ConfigError(f"{source}: test.views: {e}") from None
 
 
 def _parse_override(item: str) -> DictConfig:
@@ -163,22 +199,57 @@ def _parse_override(item: str) -> DictConfig:
         raise ConfigError(f"override {item!r}: {str(e).splitlines()[0]}") from None
 
 
+BASE_KEY = "base"
+
+
+def _resolve_base(name: str, including: Path) -> Path:
+    """A ``base:`` entry: relative to the including file's folder, else a shipped config name."""
+    for cand in (including.parent / name, SHIPPED_CONFIG_DIR / name):
+        for path in (cand, cand.with_name(cand.name + ".yaml")):
+            if path.is_file():
+                return path.resolve()
+    raise ConfigError(f"{including}: base config {name!r} not found (looked next to this file and "
+                      f"among the shipped configs)")
+
+
+def _config_layers(path: Path, chain: Tuple[Path, ...] = ()) -> List[Tuple[str, DictConfig]]:
+    """``(source, mapping)`` of ``path`` and, before it, every config it names under ``base:``
+    (a string or a list, applied in order), so a child states only what differs."""
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, path))
+        raise ConfigError(f"{path}: base configs form a cycle: {cycle}")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as e:  # YAML syntax errors come from PyYAML with line numbers
+        raise ConfigError(f"{path}: cannot parse YAML: {e}") from e
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    bases = loaded.pop(BASE_KEY, None)
+    if bases is None:
+        bases = []
+    elif isinstance(bases, str):
+        bases = [bases]
+    elif not (OmegaConf.is_list(bases) and all(isinstance(b, str) for b in bases)):
+        raise ConfigError(f"{path}: '{BASE_KEY}' must be a config path or a list of them")
+    layers: List[Tuple[str, DictConfig]] = []
+    for name in bases:
+        layers += _config_layers(_resolve_base(name, path), (*chain, path))
+    return layers + [(str(path), loaded)]
+
+
 def load_config(path: Union[str, Path, None] = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults <- YAML file (optional) <- ``key=value`` overrides, checked against the schema."""
+    """Defaults <- base configs <- YAML file (optional) <- ``key=value`` overrides, checked
+    against the schema; an error names the file (or override) that brought the bad key."""
     cfg = OmegaConf.structured(Config)
     source = "<defaults>"
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
-        try:
-            loaded = OmegaConf.load(path)
-        except Exception as e:  # YAML syntax errors come from PyYAML with line numbers
-            raise ConfigError(f"{path}: cannot parse YAML: {e}") from e
-        if not isinstance(loaded, DictConfig):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+        for layer_source, layer in _config_layers(path):
+            cfg = _merge(cfg, layer, layer_source)
         source = str(path)
-        cfg = _merge(cfg, loaded, source)
     for item in overrides:
         cfg = _merge(cfg, _parse_override(item), f"override {item!r}")
     obj = OmegaConf.to_object(cfg)
@@ -217,7 +288,8 @@ def list_configs() -> List[str]:
     """Names of the shipped configs (``demo/tcp``, ``k400/tcp_tsn_r50_8f``, ...). They live inside
     the package (``tcpnet/configs``; the repository's ``configs/`` links there), so they are found
     from a wheel install as well as from a checkout."""
-    return sorted(str(p.relative_to(SHIPPED_CONFIG_DIR).with_suffix("")) for p in SHIPPED_CONFIG_DIR.rglob("*.yaml"))
+    return sorted(str(p.relative_to(SHIPPED_CONFIG_DIR).with_suffix(""))
+                  for p in SHIPPED_CONFIG_DIR.rglob("*.yaml") if not p.name.startswith("_"))
 
 
 def find_config(name: Union[str, Path]) -> Path:

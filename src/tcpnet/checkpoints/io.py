@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tcpnet.models import unwrap_model
+
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -116,31 +118,52 @@ def read_file(path: PathLike) -> Any:
         with _allow_numpy_scalars():
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(_refusal_message(path, e)) from None
+        # torch wraps every unpickling failure in the same text; only an "Unsupported ..." detail
+        # means the file asks for code to run, anything else is a damaged or foreign file
+        if "Unsupported" in str(e) or "GLOBAL" in str(e):
+            raise CheckpointError(_refusal_message(path, e)) from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated, corrupt or not a "
+                              "checkpoint): the pickle data is damaged") from None
     except Exception as e:  # noqa: BLE001 - torch's readers fail on arbitrary bytes with
         # RuntimeError, KeyError ('101' for a text file), IndexError, EOFError, ...: all mean the same
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {e!r}") from e
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated, corrupt or not a "
+                              f"checkpoint): {type(e).__name__}: {detail}") from e
 
 
-def _atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
-    """Write through ``write(tmp_path)`` then rename over ``path`` (same folder, so atomic)."""
+def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
+    """Write through ``write(tmp_path)`` into a temporary file in the same folder, fsync it, then
+    rename it over ``path``: a crash or a full disk at any instant leaves either the old file or
+    the new one, never a torn one, and no temporary file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return path
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass  # some filesystems cannot fsync a directory; the file itself is synced
+    finally:
+        os.close(dir_fd)
     return path
 
 
 def atomic_torch_save(obj: Any, path: PathLike) -> Path:
     """``torch.save`` that never leaves a half-written file at ``path``."""
-    return _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _model_info(model: nn.Module, class_names: Optional[Sequence[str]]) -> Dict[str, Any]:
@@ -184,10 +207,16 @@ def _cpu_state(model: nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
+def model_file_fields(model: nn.Module, class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """The fields of a tcpnet model file (what rebuilds the model, plus its CPU weights); a
+    training checkpoint is these fields plus the training state, so it is a model file too."""
+    model = unwrap_model(model)
+    return {**_model_info(model, class_names), "state_dict": _cpu_state(model)}
+
+
 def save_model(model: nn.Module, path: PathLike, class_names: Optional[Sequence[str]] = None) -> Path:
     """Save ``model`` as a tcpnet model file (weights + what is needed to rebuild it)."""
-    info = _model_info(model, class_names)
-    info["state_dict"] = _cpu_state(model)
+    info = model_file_fields(model, class_names)
     out = atomic_torch_save(info, path)
     log.info("saved %s (%d tensors) to %s", info["model_name"], len(info["state_dict"]), out)
     return out
@@ -198,6 +227,7 @@ def export_safetensors(model: nn.Module, path: PathLike,
     """Write weights to ``.safetensors`` with model_name/kwargs/input_config as JSON metadata."""
     from safetensors.torch import save_file
 
+    model = unwrap_model(model)
     info = _model_info(model, class_names)
     meta = {
         "format": MODEL_FORMAT,
@@ -210,6 +240,6 @@ def export_safetensors(model: nn.Module, path: PathLike,
     if info["class_names"] is not None:
         meta["class_names"] = json.dumps(info["class_names"])
     tensors = _cpu_state(model)
-    out = _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    out = atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     log.info("exported %s (%d tensors) to %s", info["model_name"], len(tensors), out)
     return out

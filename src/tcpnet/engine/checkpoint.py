@@ -1,79 +1,43 @@
-"""Training checkpoints: our model-file fields plus optimizer, scaler, epoch, best metric, RNG
-states and config; written atomically (temp file + os.replace) so a crash never leaves a torn file.
+"""Training checkpoints: the model-file fields plus optimizer, scaler, epoch, best metric, RNG
+states and config. They are written and read by the same code as model files
+(``tcpnet.checkpoints.io``): atomic writes, ``weights_only`` reads, one ``CheckpointError``.
 
-A training checkpoint is also a valid model file (same "format"/"model_*" fields), so
+A training checkpoint is also a valid model file, so
 ``tcpnet.checkpoints.build_model_from_checkpoint("best.pt")`` works on it.
 """
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Union
 
 import numpy as np
 import torch
-from torch import nn
 
-__all__ = ["model_fields", "unwrap_model", "save_atomic", "load_training_checkpoint",
-           "capture_rng_state", "restore_rng_state", "TRAINING_KEYS"]
+from tcpnet.checkpoints.io import CheckpointError, atomic_torch_save, read_file
 
-TRAINING_KEYS = ("optimizer", "scaler", "schedule", "epoch", "best_metric", "rng", "config")
+__all__ = ["save_training_checkpoint", "load_training_checkpoint", "capture_rng_state",
+           "restore_rng_state"]
 
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The bare Recognizer inside DDP / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "module"):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
+_REQUIRED = ("state_dict", "optimizer", "epoch")
 
 
-def model_fields(model: nn.Module, class_names: Optional[List[str]] = None) -> Dict[str, Any]:
-    """Our model-file fields (CONTRACT: format tcpnet-model v1) for a Recognizer."""
-    m = unwrap_model(model)
-    ic = getattr(m, "input_config", None)
-    return {
-        "format": "tcpnet-model",
-        "version": 1,
-        "model_name": m.model_name,
-        "model_kwargs": dict(m.model_kwargs),
-        "num_classes": int(m.num_classes),
-        "input_config": ic.to_dict() if ic is not None else None,
-        "state_dict": {k: v.detach().cpu() for k, v in m.state_dict().items()},
-        "class_names": list(class_names) if class_names is not None else None,
-    }
-
-
-def save_atomic(obj: Any, path: Union[str, Path]) -> None:
-    """torch.save to ``<path>.tmp`` in the same directory, fsync, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def save_training_checkpoint(ckpt: Dict[str, Any], path: Union[str, Path]) -> Path:
+    """Write ``ckpt`` atomically (temp file, fsync, rename) to ``path``."""
+    return atomic_torch_save(ckpt, path)
 
 
 def load_training_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
-    """Load a training checkpoint on CPU (weights_only) and check it has the training fields."""
+    """Read a training checkpoint on CPU without running code; any unreadable, truncated,
+    malicious or non-training file is one ``CheckpointError`` naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: training checkpoint not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    missing = [k for k in ("state_dict", "optimizer", "epoch") if k not in ckpt]
+        raise CheckpointError(f"{path}: training checkpoint not found")
+    ckpt = read_file(path)
+    missing = [k for k in _REQUIRED if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
-        raise ValueError(f"{path}: not a tcpnet training checkpoint (missing {missing}); "
-                         "to start from a model file use model.pretrained instead of train.resume")
+        raise CheckpointError(f"{path}: not a tcpnet training checkpoint (missing {missing}); to "
+                              "start from a model file use model.pretrained instead of train.resume")
     return ckpt
 
 

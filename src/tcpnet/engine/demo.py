@@ -1,4 +1,4 @@
-"""CPU demo: TCP vs GAP on the synthetic order-dependent dataset (tcpnet.data.synthetic).
+"""CPU demo: TCP vs GAP on the synthetic order-dependent dataset (tcpnet.tools.synthetic).
 
 Each class pair of that dataset is a time reversal (move right / move left, grow / shrink, ...),
 so an order-blind head (global average pooling over time) is at chance *within* a pair, while
@@ -80,7 +80,7 @@ def run_demo(out_dir: Union[str, Path] = "demo_output", quick: bool = False, *, 
     """Generate data (if absent), train TCP and GAP, evaluate, print a table, write demo.png and
     results.json into ``out_dir``. ``quick`` shrinks data and epochs to a smoke test (minutes
     -> seconds; its accuracies mean nothing). ``overrides`` apply to both configs."""
-    from tcpnet.data.synthetic import make_synthetic_dataset
+    from tcpnet.tools.synthetic import make_synthetic_dataset
     from tcpnet.engine.train import train
 
     t_start = time.time()

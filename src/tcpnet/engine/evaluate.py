@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tcpnet.config import FUSIONS
 from tcpnet.engine.distributed import all_gather_objects, is_distributed, is_main_process
 from tcpnet.engine.metrics import classification_metrics
 
@@ -21,7 +22,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["EvalResult", "FUSIONS", "fuse_views", "evaluate", "autocast_context"]
 
-FUSIONS = ("max-prob", "mean-prob", "mean-logit")
 
 
 @dataclass
