@@ -2,7 +2,7 @@
 
 Compares, in one run, against (a) a straightforward re-implementation of the published MPNCOV
 code (M×M centring matrix repeated per sample, Newton-Schulz backward with a per-sample Python
-loop, SPEC §1.4-§1.7) and (b) the exact eigh square root; then the whole TCP head against a GAP
+loop) and (b) the exact eigh square root; then the whole TCP head against a GAP
 head on ResNet-50-sized features. Prints tables with medians, ratios (ours / baseline), peak
 tensor memory (allocator events, see _common.peak_tensor_memory) and GFLOP/s.
 

@@ -40,7 +40,7 @@ def ref():
 @pytest.mark.parametrize("case", CASES)
 def test_matches_published_reference_float64(ref, case):
     # Tolerance 1e-6 relative (reference/README.md). Known residuals: the published centring
-    # matrix is built in float32 (SPEC §1.4.2) -> ~5e-8 on cov/sqrtm/triu; our backward is the exact
+    # matrix is built in float32 by the published code -> ~5e-8 on cov/sqrtm/triu; our backward is the exact
     # gradient of the forward, the published one drops the 1e-5 trace eps -> up to ~7e-7 on
     # input_grad for the smallest trace (d=32, tr≈14: 1e-5/14 ≈ 7e-7).
     x = torch.tensor(ref[f"{case}/input"], requires_grad=True)
@@ -61,7 +61,7 @@ def test_matches_published_reference_float64(ref, case):
 
 
 def test_published_symmetrised_triu_gradient_gives_same_input_grad(ref):
-    # SPEC §1.7: the published vectorisation backward symmetrises G. Square root and covariance
+    # The published vectorisation backward symmetrises G. Square root and covariance
     # are transpose-equivariant, so feeding sym(G) instead of G changes nothing upstream.
     case = CASES[0]
     x = torch.tensor(ref[f"{case}/input"], requires_grad=True)

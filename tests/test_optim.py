@@ -1,4 +1,4 @@
-"""Parameter groups (SPEC §4.1) and the lr schedules (§4.2) on the real TCP TSN-R50."""
+"""The published parameter groups and lr schedules on the real TCP TSN-R50."""
 import math
 
 import pytest
@@ -7,7 +7,7 @@ import torch
 from tcpnet.engine.optim import base_lr_at, build_optimizer, build_param_groups, set_lr
 from tcpnet.models import build_model
 
-# published counts for TCP-TSN-R50, K=400, default dims (SPEC §4.1)
+# published counts for TCP-TSN-R50, K=400, default dims (the authors' get_optim_policies)
 COUNTS_NPB = {"first_conv_weight": 1, "first_conv_bias": 0, "normal_weight": 54, "normal_bias": 0,
               "BN scale/shift": 110, "LN scale/shift": 0, "TCP_weight": 6, "TCP_bias": 6,
               "TCP_bn scale/shift": 2, "lr5_weight": 1, "lr10_bias": 1}
@@ -55,7 +55,7 @@ def test_partial_bn_and_pretrained_dim(r50):
 
 
 def test_published_effective_learning_rates(r50):
-    # SPEC §4.4, TSN-R50 8f: backbone 0.015, TCP attention and fc.weight 0.075, fc.bias 0.15;
+    # the authors' TSN-R50 8f script: backbone 0.015, TCP attention and fc.weight 0.075, fc.bias 0.15;
     # x0.1 from epoch 20, x0.01 from epoch 40 (epochs counted from 0)
     opt = build_optimizer(r50, lr=0.015, momentum=0.9, weight_decay=1e-4, lr_x_factor=5)
     assert opt.defaults["momentum"] == 0.9 and not opt.defaults["nesterov"]

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-logger = logging.getLogger("tcpnet.cli")
 
 __all__ = ["main", "build_parser"]
 

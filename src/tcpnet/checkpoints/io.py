@@ -1,7 +1,7 @@
 """Reading and writing weight files safely: tensors only, never arbitrary pickled code.
 
 Every ``.pth``/``.pth.tar``/``.pt`` file goes through ``torch.load(map_location="cpu",
-weights_only=True)`` (SPEC §7.3 item 26: the authors' scripts unpickled anything, onto the GPU
+weights_only=True)`` (the authors' scripts unpickled anything, onto the GPU
 that saved it). ``.safetensors`` files are read with the safetensors library. Writes are atomic
 (temporary file in the same folder, then rename), so an interrupted save never leaves a
 truncated model behind.

@@ -9,7 +9,6 @@ TCP's temporal attention sees the order. ``run_demo`` generates the data (once),
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
@@ -18,7 +17,6 @@ import torch
 
 from tcpnet.config import find_config, load_config
 
-logger = logging.getLogger(__name__)
 
 __all__ = ["run_demo", "within_pair_accuracy", "DEMO_DATA", "demo_config_path"]
 

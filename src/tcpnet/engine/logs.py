@@ -3,13 +3,11 @@ training curves drawn from the JSON lines at the end."""
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-logger = logging.getLogger(__name__)
 
 __all__ = ["RunLogger", "read_jsonl", "plot_curves", "jsonable"]
 

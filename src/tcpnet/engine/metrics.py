@@ -54,7 +54,8 @@ def mean_class_accuracy(cm: np.ndarray) -> float:
     """Mean of per-class accuracy (percent) over the classes that have samples.
 
     The authors' script averages over the sorted union of labels and predictions and so gets
-    NaN for a class that is only predicted (SPEC §7.3 item 41); we skip classes without samples.
+    NaN for a class that is only predicted (the authors' per-class accuracy divides by zero there); we
+    skip classes without samples.
     """
     acc = per_class_accuracy(cm)
     acc = acc[~np.isnan(acc)]

@@ -140,7 +140,7 @@ class _SqrtmNewtonSchulz(torch.autograd.Function):
 
 
 def sqrtm_newton_schulz(cov: torch.Tensor, iters: int = 3) -> torch.Tensor:
-    """Approximate square root of SPD ``cov`` (B, d, d) by the published iSQRT (SPEC §1.5).
+    """Approximate square root of SPD ``cov`` (B, d, d) by the published iSQRT (Li et al., CVPR 2018).
 
     A = Σ/(tr Σ + 1e-5); ``iters`` coupled Newton-Schulz steps; result × sqrt(tr Σ). With few
     iterations this is the intended approximation, not the exact root. Batched, no Python loop
