@@ -94,6 +94,7 @@ def test_load_clip_equals_decode_all(video_dir, reference, name):
     assert len({f.tobytes() for f in ref}) == num_frames, "test frames must be content-distinct"
     rng = np.random.default_rng(0)
     path = video_dir / name
+    video_mod.counters.clear()
     for indices in _index_sets(num_frames, rng):
         clip = load_clip(path, indices)
         assert clip.dtype == torch.uint8 and clip.shape == (len(indices), height, width, 3)
@@ -101,6 +102,20 @@ def test_load_clip_equals_decode_all(video_dir, reference, name):
         # the forced plans (used by the benchmark) must be exact too, single- or multi-threaded
         for strategy, threads in (("seek", 1), ("forward", 0), ("sequential", 1)):
             got = video_mod.read_video(path, np.asarray(indices), strategy=strategy, threads=threads)
+            np.testing.assert_array_equal(got, ref[indices], err_msg=f"{name} {strategy} {indices}")
+    assert video_mod.counters["fallbacks"] == 0  # exact without decoding from the start
+
+
+@pytest.mark.parametrize("name", list(VIDEOS))
+def test_seek_path_equals_decode_all(video_dir, reference, name, monkeypatch):
+    """Files too large to hold in memory are decoded with demuxer seeks: the same frames."""
+    monkeypatch.setattr(video_mod, "IN_MEMORY_MAX_BYTES", 0)
+    ref = reference(name)
+    rng = np.random.default_rng(1)
+    for indices in _index_sets(len(ref), rng):
+        for strategy, threads in (("auto", 1), ("seek", 0)):
+            video_mod.clear_index_cache()
+            got = video_mod.read_video(video_dir / name, np.asarray(indices), strategy=strategy, threads=threads)
             np.testing.assert_array_equal(got, ref[indices], err_msg=f"{name} {strategy} {indices}")
 
 
@@ -222,16 +237,18 @@ def test_index_disagreement_falls_back_to_counting(video_dir, reference):
     """If decoded frames do not match the packet index, the reader decodes from the start."""
     path = video_dir / "x264_gop16_b2.mp4"
     ref = reference("x264_gop16_b2.mp4")
-    video_mod._cached_index.cache_clear()
+    video_mod.clear_index_cache()
     try:
         index = video_mod.get_index(path)
         del index.pts_to_index[int(index.pts[37])]  # pretend frame 37's pts is unknown
+        video_mod.counters.clear()
         np.testing.assert_array_equal(load_clip(path, [50, 2, 40]).numpy(), ref[[50, 2, 40]])
         assert not index.reliable  # the file is now read by counting
+        assert video_mod.counters["fallbacks"] == 1
         np.testing.assert_array_equal(load_clip(path, [119, 33]).numpy(), ref[[119, 33]])
         assert probe(path).num_frames == 120
     finally:
-        video_mod._cached_index.cache_clear()
+        video_mod.clear_index_cache()
 
 
 def test_index_cache_follows_file_changes(tmp_path):
@@ -243,36 +260,55 @@ def test_index_cache_follows_file_changes(tmp_path):
     np.testing.assert_array_equal(load_clip(path, [44]).numpy(), decode_all(path)[[44]])
 
 
-def test_seek_plan_decodes_less(video_dir, monkeypatch):
-    """With short GOPs, far-apart frames are reached by seeking; with one GOP, never."""
-    seeks = []
-    original = video_mod._Decoder.seek
-    monkeypatch.setattr(video_mod._Decoder, "seek", lambda self, key: (seeks.append(key), original(self, key)))
+def _decode_order_pts(path):
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return [p.pts for p in container.demux(stream) if p.size and not p.is_discard]
+
+
+def test_restart_plan_decodes_less(video_dir, monkeypatch):
+    """With short GOPs, far-apart frames are reached by restarting the decoder at their keyframe;
+    when the next keyframe is right where the decoder is, or with one GOP, it goes on."""
+    starts = []
+    original = video_mod._MemorySource.start
+    monkeypatch.setattr(video_mod._MemorySource, "start", lambda self, key: (starts.append(key), original(self, key))[1])
     load_clip(video_dir / "x264_gop16_b2.mp4", [5, 60, 110])
-    assert seeks == [3, 6]  # keyframes 48 and 96: more than SEEK_COST_FRAMES ahead
-    seeks.clear()
-    gap = video_mod.SEEK_COST_FRAMES  # keyframe 16 is only `gap` frames ahead: decode forward
-    load_clip(video_dir / "x264_gop16_b2.mp4", [16 - gap - 1, 20])
-    assert seeks == []
+    assert starts == [0, 3, 6]  # keyframes 0, 48 and 96
+    starts.clear()
+    load_clip(video_dir / "x264_gop16_b2.mp4", [15, 20])  # frame 15 ends the first GOP: go on to 20
+    assert starts == [0]
+    starts.clear()
     load_clip(video_dir / "x264_gop250_b2.mp4", [5, 60, 110])
-    assert seeks == []
+    assert starts == [0]
 
 
 def test_decodes_only_what_is_needed(video_dir):
-    """Frames the decoder outputs: exactly those from the start (or the keyframe sought) up to
-    each wanted frame; nothing after the last one."""
+    """Packets sent to the decoder: from the keyframe of each run up to its last wanted frame's
+    packet, nothing after (the decoder is drained instead); the file is opened once, also cold.
+    Frames decoded: those packets less the non-reference pictures the decoder was told to skip."""
     counters = video_mod.counters
-    for name, indices, frames, seeks in [
-        ("x264_gop250_b2.mp4", [5], 6, 0),  # one GOP: decode 0..5 and stop
-        ("x264_gop250_b2.mp4", [100, 3], 101, 0),
-        ("x264_gop16_b2.mp4", [100], 100 - 96 + 1, 1),  # seek to keyframe 96
-        ("x264_gop16_b2.mp4", [5, 60, 110], 6 + (60 - 48 + 1) + (110 - 96 + 1), 2),
+    for name, indices, starts, seeks in [
+        ("x264_gop250_b2.mp4", [5], [0], 0),  # one GOP: decode 0..5 and stop
+        ("x264_gop250_b2.mp4", [100, 3], [0], 0),
+        ("x264_gop16_b2.mp4", [100], [96], 1),  # start at keyframe 96
+        ("x264_gop16_b2.mp4", [5, 60, 110], [0, 48, 96], 2),
     ]:
+        order = _decode_order_pts(video_dir / name)  # no discarded packets in these files
+        position = {pts: j for j, pts in enumerate(order)}
+        rank = {pts: i for i, pts in enumerate(sorted(order))}
+        frame_at = [rank[pts] for pts in order]  # frame index of the packet at each decode position
+        runs = {}  # keyframe -> last decode position needed
+        for w in sorted(indices):
+            key = max(s for s in starts if s <= w)
+            runs[key] = max(runs.get(key, 0), position[sorted(order)[w]])
+        packets = sum(last - frame_at.index(key) + 1 for key, last in runs.items())
         for threads in (1, 0):
-            load_clip(video_dir / name, [0])  # index cached
+            video_mod.clear_index_cache()
             counters.clear()
             load_clip(video_dir / name, indices, threads=threads)
-            assert (counters["frames"], counters["seeks"], counters["opens"]) == (frames, seeks, 1), (name, indices)
+            assert counters["packets"] == packets, (name, indices)
+            assert counters["frames"] == packets - counters["skipped"], (name, indices)
+            assert (counters["seeks"], counters["opens"], counters["fallbacks"]) == (seeks, 1, 0), (name, indices)
 
 
 # ---------------------------------------------------------------- frame folders

@@ -118,3 +118,93 @@ def write_frame_folder(folder: str | Path, frames: np.ndarray, template: str = "
             continue
         Image.fromarray(array).save(folder / template.format(i), quality=quality)
     return folder
+
+
+# ---------------------------------------------------------------- streams that trip frame-exact readers
+
+
+def write_open_gop(path: str | Path, frames: np.ndarray, gop: int = 16, bframes: int = 3) -> Path:
+    """H.264 with open GOPs (x264 open-gop, B-pyramid): keyframes after the first are non-IDR
+    I-frames followed in decode order by "leading" B-frames shown before them, which reference
+    the previous GOP (so they cannot be decoded after a seek to that keyframe)."""
+    params = (f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}:b-pyramid=normal:open-gop=1")
+    return write_video(path, frames, gop=gop, bframes=bframes, options={"preset": _X264_PRESET, "x264-params": params})
+
+
+def write_vfr(path: str | Path, frames: np.ndarray, seed: int = 0, gop: int = 16, bframes: int = 2) -> Path:
+    """H.264 in MP4 with variable frame durations (20-100 ms, time base 1/1000, B-frames)."""
+    path = Path(path)
+    frames = np.asarray(frames, dtype=np.uint8)
+    _, height, width, _ = frames.shape
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25, options={
+            "preset": _X264_PRESET, "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        t = 0
+        for array in frames:
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            t += int(rng.choice([20, 33, 40, 67, 100]))
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def write_cut(src: str | Path, dst: str | Path, start: int) -> Path:
+    """Remux `src` (an MP4) from its frame `start` on without re-encoding, as `ffmpeg -ss ... -c copy`
+    does: the packets from the keyframe before `start` are copied with timestamps shifted so
+    that frame `start` is at 0; the MP4 muxer turns the negative start into an edit list, and
+    demuxers mark the packets before it "discard" (decoded for reference, never shown)."""
+    dst = Path(dst)
+    with av.open(str(src)) as source:
+        stream = source.streams.video[0]
+        packets = [p for p in source.demux(stream) if p.size]
+        t0 = sorted(p.pts for p in packets)[start]
+        first = max(j for j, p in enumerate(packets) if p.is_keyframe and p.pts <= t0)
+        with av.open(str(dst), "w") as out:
+            copy = out.add_stream_from_template(stream)
+            for packet in packets[first:]:
+                packet.pts -= t0
+                packet.dts -= t0
+                packet.stream = copy
+                out.mux(packet)
+    return dst
+
+
+def mp4_edit_lists(path: str | Path) -> list:
+    """The (segment_duration, media_time) entries of every `elst` box of an MP4 file."""
+    data = Path(path).read_bytes()
+    entries = []
+
+    def walk(start: int, end: int) -> None:
+        pos = start
+        while pos + 8 <= end:
+            size = int.from_bytes(data[pos:pos + 4], "big")
+            kind = data[pos + 4:pos + 8]
+            header = 8
+            if size == 1:
+                size, header = int.from_bytes(data[pos + 8:pos + 16], "big"), 16
+            elif size == 0:
+                size = end - pos
+            if size < header:
+                return
+            if kind in (b"moov", b"trak", b"edts"):
+                walk(pos + header, pos + size)
+            elif kind == b"elst":
+                version = data[pos + header]
+                count = int.from_bytes(data[pos + header + 4:pos + header + 8], "big")
+                width = 8 if version == 1 else 4
+                at = pos + header + 8
+                for _ in range(count):
+                    duration = int.from_bytes(data[at:at + width], "big")
+                    media_time = int.from_bytes(data[at + width:at + 2 * width], "big", signed=True)
+                    entries.append((duration, media_time))
+                    at += 2 * width + 4
+            pos += size
+
+    walk(0, len(data))
+    return entries

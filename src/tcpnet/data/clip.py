@@ -13,6 +13,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
+from tcpnet.config import READERS  # video decoders behind load_clip (frame folders: PIL)
 from tcpnet.data.errors import DecodeError, FrameIndexError
 from tcpnet.data.records import PathLike, VideoInfo
 
@@ -20,7 +21,6 @@ from tcpnet.data.records import PathLike, VideoInfo
 __all__ = ["load_clip", "probe", "DecodeError", "FrameIndexError", "VideoInfo", "DEFAULT_FRAME_TEMPLATE"]
 
 DEFAULT_FRAME_TEMPLATE = "img_{:05d}.jpg"
-READERS = ("pyav", "torchcodec")  # video decoders behind load_clip (frame folders: PIL)
 
 
 def _as_indices(path: PathLike, indices: Union[Sequence[int], np.ndarray, torch.Tensor]) -> np.ndarray:
