@@ -1,9 +1,10 @@
 """From a data config and a model's input config to datasets.
 
 ``check_data_config`` (before any work) -> ``read_lists`` (the format named by
-``data.list_format``, every missing video reported up front) -> ``build_datasets`` (train and
-val) or ``build_test_dataset`` (views). The ``data.crop_size``/``data.scale_size`` override of
-the model's input config is applied in one place, :func:`resolve_input_config`.
+``data.list_format``, every missing video and every label outside the class count reported up
+front) -> ``build_datasets`` (train and val) or ``build_test_dataset`` (views). The
+``data.crop_size``/``data.scale_size`` override of the model's input config is applied in one
+place, :func:`resolve_input_config`.
 """
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ from torch.utils.data import Dataset
 from tcpnet.config import ConfigError, DataConfig
 from tcpnet.data.dataset import VideoDataset
 from tcpnet.data.formats import ListSource, get_list_format
-from tcpnet.data.lists import check_records
+from tcpnet.data.lists import check_labels, check_records
 from tcpnet.data.records import RecordList
 from tcpnet.input_config import InputConfig
 
-__all__ = ["check_data_config", "load_class_names", "read_list", "read_lists", "infer_num_classes",
-           "resolve_input_config", "build_datasets", "build_test_dataset", "IndexedSubset"]
+__all__ = ["check_data_config", "load_class_names", "read_list", "read_lists", "check_list_labels",
+           "infer_num_classes", "resolve_input_config", "build_datasets", "build_test_dataset", "IndexedSubset"]
 
 SUBSETS = ("train", "val", "test")
 
@@ -46,9 +47,12 @@ def load_class_names(data_cfg: DataConfig) -> Optional[List[str]]:
 
 
 def read_list(data_cfg: DataConfig, subset: str, *, path: Optional[str] = None,
-              class_names: Optional[Sequence[str]] = None, num_classes: Optional[int] = None) -> RecordList:
+              class_names: Optional[Sequence[str]] = None, num_classes: Optional[int] = None,
+              classes_from: Optional[str] = None) -> RecordList:
     """Records of ``data.<subset>_list`` (or ``path``) in ``data.list_format``; with
-    ``data.check_files`` every missing video is listed in one error. Errors name the file and key."""
+    ``num_classes`` every label is checked against it (``classes_from`` says where the count came
+    from, for the message); with ``data.check_files`` every missing video is listed in one error.
+    Errors name the file and key; the records' ``source`` names them for later errors."""
     if subset not in SUBSETS:
         raise ValueError(f"subset: expected one of {SUBSETS}, got {subset!r}")
     key = f"data.{subset}_list"
@@ -66,6 +70,9 @@ def read_list(data_cfg: DataConfig, subset: str, *, path: Optional[str] = None,
         raise ValueError(f"{path} ({key}): no videos")
     if not data_cfg.multi_label and any(isinstance(r.label, (list, tuple)) for r in records):
         raise ValueError(f"{path} ({key}): multi-label records; set data.multi_label=true")
+    records.source = f"{path} ({key})"
+    if num_classes is not None:
+        check_labels(records, num_classes, path, key, classes_from or "")
     if data_cfg.check_files:
         template = data_cfg.frame_template if data_cfg.format != "video" else None
         try:
@@ -79,15 +86,43 @@ def read_lists(data_cfg: DataConfig, *, num_classes: Optional[int] = None,
                class_names: Optional[Sequence[str]] = None) -> Dict[str, RecordList]:
     """Records of every list the config names (train, val, test). Class names: ``class_names``,
     else ``data.class_names`` (see :func:`load_class_names`), else those the train list names,
-    so every subset numbers the classes the same way."""
+    so every subset numbers the classes the same way.
+
+    Labels are checked as each list is read, against ``num_classes`` (``model.num_classes``) when
+    given, else against the number of class names once known; without either the class count is
+    inferred from the labels later (:func:`infer_num_classes`) and cannot be exceeded."""
     check_data_config(data_cfg)
-    names = list(class_names) if class_names is not None else load_class_names(data_cfg)
+    if class_names is not None:
+        names: Optional[List[str]] = list(class_names)
+        names_from = "from the class names given"
+    else:
+        names = load_class_names(data_cfg)
+        names_from = f"from data.class_names = {data_cfg.class_names}"
     records: Dict[str, RecordList] = {}
     for subset in SUBSETS:
-        if getattr(data_cfg, f"{subset}_list"):
-            records[subset] = read_list(data_cfg, subset, class_names=names, num_classes=num_classes)
-            names = names if names is not None else records[subset].class_names
+        path = getattr(data_cfg, f"{subset}_list")
+        if not path:
+            continue
+        recs = read_list(data_cfg, subset, class_names=names, num_classes=num_classes,
+                         classes_from="model.num_classes")
+        if num_classes is None and names is not None:
+            check_labels(recs, len(names), path, f"data.{subset}_list", names_from)
+        if names is None and recs.class_names is not None:
+            names = recs.class_names
+            names_from = f"named by data.{subset}_list = {path}"
+        records[subset] = recs
     return records
+
+
+def check_list_labels(records: Dict[str, Sequence], num_classes: int, data_cfg: DataConfig,
+                      source: str = "") -> None:
+    """Check every record of every list (``{"train": records, ...}`` as :func:`read_lists` returns)
+    against the class count the model is built with, before any work: a ``ValueError`` names the
+    list file, the line, the config key, the label and ``source`` (where ``num_classes`` came
+    from, e.g. ``"model.num_classes"`` or ``"from the checkpoint run/best.pt"``)."""
+    for subset, recs in records.items():
+        path = getattr(data_cfg, f"{subset}_list", None) or subset
+        check_labels(recs, num_classes, path, f"data.{subset}_list", source)
 
 
 def infer_num_classes(records: Dict[str, Sequence]) -> int:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from tcpnet.config import READERS
 from tcpnet.data.clip import DEFAULT_FRAME_TEMPLATE, load_clip, probe
 from tcpnet.data.errors import DecodeError
 from tcpnet.data.lists import multi_hot
@@ -104,7 +105,7 @@ class VideoDataset(Dataset):
         if seed is not None and int(seed) < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed}")
         if len(records) == 0:
-            raise ValueError("VideoDataset: no records")
+            raise ValueError(f"{getattr(records, 'source', None) or 'VideoDataset'}: no records")
         if reader not in READERS:
             raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
         if reader == "torchcodec":  # fail here, not in every worker
@@ -178,8 +179,13 @@ class VideoDataset(Dataset):
         if len(kept) < len(records):
             logger.info("dropped %d of %d records with fewer than %d frames",
                         len(records) - len(kept), len(records), min_frames)
+        source = getattr(records, "source", None)
+        if records and not kept:
+            raise ValueError(f"{source or 'VideoDataset'}: all {len(records)} videos have fewer than "
+                             f"{min_frames} frames; none left to {mode}")
         if hasattr(records, "class_names"):
             kept = type(records)(kept, class_names=records.class_names)
+            kept.source = source
         if on_error is None:
             on_error = "raise" if mode == "test" else "replace"
         return cls(kept, root=root, sampler=sampler, transform=transform, input_config=cfg,

@@ -98,7 +98,7 @@ def detect_list_format(path: str, data_format: Optional[str] = None) -> str:
         return "charades"
     if data_format == "frames":
         return "tsn"
-    with open(path, encoding="utf-8") as f:
+    with lists.open_list_file(path) as f:
         first = next((line.split() for line in f if line.strip()), [])
     tsn = len(first) >= 3 and first[-1].lstrip("-").isdigit() and first[-2].isdigit()
     return "tsn" if tsn else "video"

@@ -4,15 +4,17 @@ Parsers for the TSN/TCPNet frame lists, ``path label`` video lists, class-per-fo
 (Kinetics as distributed), Something-Something V1 csv files, Charades csv files (multi-label),
 HMDB51 and UCF101 split files. Each returns a :class:`RecordList` (a plain ``list`` of records
 with a ``class_names`` attribute when the format names its classes). Malformed lines raise
-``ValueError("<file>:<line>: expected ..., got ...")``. :func:`check_records` finds every
-missing video up front. The config-facing registry of formats is :mod:`tcpnet.data.formats`.
+``ValueError("<file>:<line>: expected ..., got ...")``; records keep their line number. Text is
+read with :func:`open_list_file` (UTF-8, a byte-order mark ignored). :func:`check_records` finds
+every missing video up front, :func:`check_labels` every label outside the class count. The
+config-facing registry of formats is :mod:`tcpnet.data.formats`.
 """
 from __future__ import annotations
 
 import csv
 import logging
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, TextIO, Tuple, Union
 
 import torch
 
@@ -30,7 +32,9 @@ __all__ = [
     "read_ucf101_class_ind",
     "read_ucf101_split",
     "multi_hot",
+    "open_list_file",
     "check_records",
+    "check_labels",
     "VIDEO_EXTENSIONS",
 ]
 
@@ -40,9 +44,15 @@ logger = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
 
 
+def open_list_file(path: PathLike, newline: Optional[str] = None) -> TextIO:
+    """Open a list, csv or class-name file for reading as UTF-8; a byte-order mark (as Windows
+    editors save) is dropped rather than becoming part of the first path or name."""
+    return open(path, "r", encoding="utf-8-sig", newline=newline)
+
+
 def _lines(path: PathLike) -> Iterator[Tuple[int, str]]:
     """(1-based line number, stripped line) for every non-blank line of a text file."""
-    with open(path, "r", encoding="utf-8") as f:
+    with open_list_file(path) as f:
         for n, line in enumerate(f, start=1):
             line = line.strip()
             if line:
@@ -95,7 +105,7 @@ def read_frame_list(path: PathLike, min_frames: int = 0) -> RecordList:
             raise ValueError(f"{where}: expected non-negative num_frames and label, got {nf} {lab}")
         if num_frames < min_frames:
             continue
-        records.append(VideoRecord(folder, num_frames, label))
+        records.append(VideoRecord(folder, num_frames, label, line=n))
     return records
 
 
@@ -137,7 +147,7 @@ def read_video_list(path: PathLike, class_names: Union[Sequence[str], PathLike, 
         else:
             raise ValueError(f"{where}: expected a class index or one of the {len(names or [])} "
                              f"class names, got {lab!r}")
-        records.append(VideoRecord(video, None, label))
+        records.append(VideoRecord(video, None, label, line=n))
     return records
 
 
@@ -205,7 +215,7 @@ def read_something_v1(csv_path: PathLike, class_names: Union[Sequence[str], Path
             if not folder.is_dir():
                 raise FileNotFoundError(f"{csv_path}:{n}: frame folder {folder} does not exist")
             num_frames = sum(1 for f in folder.iterdir() if f.suffix.lower() == ".jpg")
-        records.append(VideoRecord(vid, num_frames, index[name]))
+        records.append(VideoRecord(vid, num_frames, index[name], line=n))
     return records
 
 
@@ -220,7 +230,7 @@ def read_charades(csv_path: PathLike, num_classes: int = 157, video_ext: str = "
     path is ``<id><video_ext>`` (``video_ext=""`` for frame folders). See :func:`multi_hot`.
     """
     records = RecordList(class_names=None)
-    with open(csv_path, "r", encoding="utf-8", newline="") as f:
+    with open_list_file(csv_path, newline="") as f:
         reader = csv.DictReader(f)
         for col in ("id", "actions"):
             if reader.fieldnames is None or col not in reader.fieldnames:
@@ -245,7 +255,7 @@ def read_charades(csv_path: PathLike, num_classes: int = 157, video_ext: str = "
                 if cls >= num_classes:
                     raise ValueError(f"{where}: class {fields[0]} out of range for {num_classes} classes")
                 labels.add(cls)
-            records.append(VideoRecord(f"{vid}{video_ext}", None, sorted(labels)))
+            records.append(VideoRecord(f"{vid}{video_ext}", None, sorted(labels), line=reader.line_num))
     return records
 
 
@@ -329,7 +339,7 @@ def read_ucf101_split(path: PathLike, class_names: Union[Sequence[str], PathLike
             if given != label:
                 raise ValueError(f"{where}: label {parts[1]} (1-based) disagrees with folder {folder!r} "
                                  f"(class {label + 1} in classInd)")
-        records.append(VideoRecord(video, None, label))
+        records.append(VideoRecord(video, None, label, line=n))
     return records
 
 
@@ -359,3 +369,37 @@ def check_records(records: Sequence[VideoRecord], root: PathLike = "",
             more = f" ... and {len(missing) - 20} more" if len(missing) > 20 else ""
             raise FileNotFoundError(f"{len(missing)} of {len(records)} videos missing: {shown}{more}")
     return missing
+
+
+def check_labels(records: Sequence[VideoRecord], num_classes: int, list_path: PathLike, key: str = "",
+                 source: str = "") -> None:
+    """Fail before any work when a record's label (every label of a multi-label record) is not
+    in ``[0, num_classes)``, instead of mid-step in the loss or after an epoch in validation.
+
+    One ``ValueError`` names the first bad record as ``<list_path>:<line>`` (with ``key``, the
+    config key that named the file), its label, the class count and ``source`` (where the count
+    came from, e.g. ``"model.num_classes"``), and how many records are out of range with the
+    largest label.
+    """
+    num_classes = int(num_classes)
+    bad = []  # (record, offending label)
+    for r in records:
+        labels = r.label if isinstance(r.label, (list, tuple)) else [r.label]
+        wrong = [int(lab) for lab in labels if not 0 <= int(lab) < num_classes]
+        if wrong:
+            bad.append((r, max(wrong, key=lambda lab: (lab >= 0, abs(lab)))))
+    if not bad:
+        return
+
+    def where(r: VideoRecord) -> str:
+        return f"{list_path}:{r.line}" if r.line is not None else f"{list_path} ({r.path})"
+
+    first, lab = bad[0]
+    named = f" ({key})" if key else ""
+    origin = f" ({source})" if source else ""
+    msg = (f"{where(first)}{named}: label {lab} is out of range for {num_classes} classes{origin}; "
+           f"labels must be in [0, {num_classes})")
+    top, top_lab = max(bad, key=lambda b: b[1])
+    if len(bad) > 1 or top is not first:
+        msg += f"; {len(bad)} records are out of range, the largest label is {top_lab} ({where(top)})"
+    raise ValueError(msg)

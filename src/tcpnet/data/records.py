@@ -6,7 +6,7 @@ import another one just for a type (the readers, ``clip``, ``lists`` and ``datas
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, List, Optional, Sequence, Union
 
 __all__ = ["PathLike", "VideoRecord", "RecordList", "VideoInfo"]
@@ -18,19 +18,25 @@ PathLike = Union[str, "os.PathLike[str]"]
 class VideoRecord:
     """One video: ``path`` (a video file or a frame folder, relative to the dataset root),
     ``num_frames`` (``None``: probe the video when needed), ``label`` (an int, or a list of
-    class ids for multi-label datasets)."""
+    class ids for multi-label datasets). ``line``: the 1-based line of the list file it was read
+    from, for error messages (not part of equality or repr)."""
 
     path: str
     num_frames: Optional[int]
     label: Union[int, List[int]]
+    line: Optional[int] = field(default=None, compare=False, repr=False)
 
 
 class RecordList(list):
-    """A ``list[VideoRecord]`` that also carries ``class_names`` (index -> name) when known."""
+    """A ``list[VideoRecord]`` that also carries ``class_names`` (index -> name) when known and
+    ``source`` (the list file and config key it was read from, e.g. ``"val.txt (data.val_list)"``)
+    so that later errors can name it."""
 
-    def __init__(self, records: Iterable[VideoRecord] = (), class_names: Optional[Sequence[str]] = None):
+    def __init__(self, records: Iterable[VideoRecord] = (), class_names: Optional[Sequence[str]] = None,
+                 source: Optional[str] = None):
         super().__init__(records)
         self.class_names: Optional[List[str]] = list(class_names) if class_names is not None else None
+        self.source: Optional[str] = source
 
 
 @dataclass(frozen=True)

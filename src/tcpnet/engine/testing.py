@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from tcpnet.config import Config, parse_views
+from tcpnet.config import Config, parse_views, resolve_fusion
 from tcpnet.data.build import IndexedSubset, build_test_dataset, check_data_config, load_class_names, read_list
 from tcpnet.engine.distributed import cleanup_distributed, init_distributed, shard_indices
 from tcpnet.engine.evaluate import FUSIONS, evaluate, fuse_views
@@ -166,6 +166,7 @@ def run_test(cfg: Config, checkpoints: Union[str, Sequence[str], None] = None,
     crops, clips = parse_views(views)
     if fusion not in FUSIONS:
         raise ValueError(f"fusion: expected one of {FUSIONS}, got {fusion!r}")
+    fusion = resolve_fusion(fusion, cfg.data.multi_label)  # auto: softmax, or sigmoids for multi-label data
     paths = resolve_checkpoints(cfg, checkpoints)
     if weights is None:
         weights = [1.0] * len(paths)
@@ -184,7 +185,8 @@ def run_test(cfg: Config, checkpoints: Union[str, Sequence[str], None] = None,
         models = load_models(paths, device)
         num_classes = int(models[0].num_classes)
         class_names = _class_names(cfg, models, num_classes)
-        records = read_list(cfg.data, subset, class_names=class_names, num_classes=num_classes)
+        records = read_list(cfg.data, subset, class_names=class_names, num_classes=num_classes,
+                            classes_from=f"from the checkpoint {paths[0]}")
         per_model, all_logits, targets = [], [], None
         rec_paths: Optional[List[str]] = None
         for path, model, weight in zip(paths, models, weights):

@@ -8,11 +8,15 @@ what exists.  ``write_video`` is the project's H.264 writer (also used by the sy
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import re
 import shutil
+import signal
+import sys
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -26,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tcpnet.data.clip import DEFAULT_FRAME_TEMPLATE
-from tcpnet.data.lists import VIDEO_EXTENSIONS
+from tcpnet.data.lists import VIDEO_EXTENSIONS, open_list_file
 from tcpnet.data.records import PathLike
 
 logger = logging.getLogger(__name__)
@@ -182,11 +186,43 @@ def _sanitize(rel: Path, replace_spaces: bool) -> Path:
 def mp_context() -> BaseContext:
     """Process start method for the tools' workers: "fork" when available and the parent runs no
     other Python threads but tqdm's idle monitor (cheap, works from scripts fed on stdin), else
-    "spawn".  The workers only use NumPy, PyAV and Pillow, never torch, and do not log."""
+    "spawn".  The workers use NumPy, PyAV, Pillow and tcpnet's readers (which only wrap frames in
+    tensors, no torch computation or thread pool), and do not log."""
     others = [t for t in threading.enumerate() if t is not threading.main_thread() and t.name != "tqdm_monitor"]
     if "fork" in get_all_start_methods() and not others:
         return get_context("fork")
     return get_context("spawn")
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Process-pool initializer: end this worker when ``parent_pid`` (the process that started
+    the pool) dies, even by SIGKILL, which runs no cleanup in the parent and would leave the
+    workers blocked on their task queue forever. On Linux the kernel sends SIGKILL on the
+    parent's death (``prctl(PR_SET_PDEATHSIG)``); everywhere a daemon thread also polls the
+    parent pid once a second."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no prctl: the watchdog below still ends the worker
+    if os.getppid() != parent_pid:  # the parent died before the worker got here
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="tcpnet-parent-watchdog", daemon=True).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def process_pool(workers: int, ctx: Optional[BaseContext] = None) -> ProcessPoolExecutor:
+    """A ProcessPoolExecutor whose workers die with this process (see :func:`die_with_parent`)."""
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),))
 
 
 def _run(fn: Callable[[Any], tuple], jobs: Sequence[Any], workers: int, desc: str,
@@ -201,7 +237,7 @@ def _run(fn: Callable[[Any], tuple], jobs: Sequence[Any], workers: int, desc: st
                 yield fn(job)
                 bar.update()
         else:
-            with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
+            with process_pool(workers, ctx) as ex:
                 for result in ex.map(fn, jobs):
                     yield result
                     bar.update()
@@ -371,7 +407,7 @@ def _normalize_name(name: str) -> str:
 
 def _read_names(path: PathLike) -> list[str]:
     names = []
-    with open(path) as f:
+    with open_list_file(path) as f:
         for i, line in enumerate(f, 1):
             name = line.strip()
             if not name:
@@ -503,7 +539,7 @@ def kinetics_ytid(path: str) -> str:
 
 def _read_list(path: PathLike) -> list[tuple[str, int, int]]:
     rows = []
-    with open(path) as f:
+    with open_list_file(path) as f:
         for i, line in enumerate(f, 1):
             fields = line.strip().split(" ")
             if fields == [""]:
@@ -539,7 +575,7 @@ def make_mini_kinetics200(
     reported in ``extra["missing_ids"]`` (and counted as failed)."""
     rows = _read_list(k400_list)
     wanted: list[str] = []
-    with open(ytid_list) as f:
+    with open_list_file(ytid_list) as f:
         for i, line in enumerate(f, 1):
             token = line.strip().split(" ")[0].split(",")[0]
             if token:
@@ -550,10 +586,8 @@ def make_mini_kinetics200(
     missing = sorted(wanted_set - found)
 
     if class_map_in is not None:
-        mapping = {}
-        for old, new in ((int(a), int(b)) for a, b in (ln.split() for ln in Path(class_map_in).read_text().splitlines()
-                                                        if ln.strip())):
-            mapping[old] = new
+        with open_list_file(class_map_in) as f:
+            mapping = {int(a): int(b) for a, b in (ln.split() for ln in f if ln.strip())}
         bad = sorted({lab for _, _, lab in kept if lab not in mapping})
         if bad:
             raise ValueError(f"{class_map_in}: K400 labels {bad[:10]} of kept lines have no K200 label")
@@ -583,25 +617,57 @@ def make_mini_kinetics200(
 
 
 # -------------------------------------------------------------------------------- scan_videos
-def _scan_one(job: tuple[str, bool]) -> tuple[str, str, Any]:
-    path, full_decode = job
-    try:
-        if full_decode:
-            n = 0
-            with av.open(path) as container:
-                stream = container.streams.video[0]
-                stream.thread_type = "AUTO"
-                for _ in container.decode(stream):
-                    n += 1
-        else:
-            from tcpnet.data.clip import probe
+# A full-decode scan reads every frame through load_clip, this many bytes of RGB frames at a time.
+_SCAN_CHUNK_BYTES = 64 << 20
 
-            n = probe(path).num_frames
+
+def _problem(err: BaseException) -> str:
+    """What is wrong with a file, without repeating its path (the scan reports it beside)."""
+    from tcpnet.data.errors import DecodeError
+
+    cause = getattr(err, "cause", None)
+    if isinstance(err, DecodeError) and cause is not None:
+        return f"{type(err).__name__}: {cause}"
+    return f"{type(err).__name__}: {err}"
+
+
+def _count_decoded(path: str) -> int:
+    """Frames of the first video stream, decoded from start to end (the reader's definition of
+    the frame count), independent of the packet index."""
+    n = 0
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for _ in container.decode(stream):
+                n += 1
+        except av.FFmpegError as err:
+            raise ValueError(f"decoding failed after {n} frames ({err})") from err
+    return n
+
+
+def _scan_one(job: tuple[str, bool]) -> tuple[str, str, Any]:
+    """Check one file the way training reads it: the reader's packet index (``probe``); with
+    ``full_decode`` also every frame through ``load_clip`` and a decode from start to end whose
+    frame count must equal the index's."""
+    path, full_decode = job
+    from tcpnet.data.clip import load_clip, probe
+
+    try:
+        info = probe(path)
+        n = info.num_frames
         if n < 1:
             return ("failed", path, "no frames")
+        if full_decode:
+            chunk = max(1, _SCAN_CHUNK_BYTES // max(1, info.width * info.height * 3))
+            for start in range(0, n, chunk):
+                load_clip(path, np.arange(start, min(n, start + chunk)), threads=1)
+            decoded = _count_decoded(path)
+            if decoded != n:
+                return ("failed", path, f"the packet index has {n} frames but decoding gives {decoded}")
         return ("done", path, n)
-    except Exception as err:  # noqa: BLE001 - every reader error marks the file corrupt, with its type
-        return ("failed", path, f"{type(err).__name__}: {err}")
+    except Exception as err:  # noqa: BLE001 - every reader error marks the file bad, with its type
+        return ("failed", path, _problem(err))
 
 
 def scan_videos(
@@ -612,8 +678,12 @@ def scan_videos(
     workers: Optional[int] = 1,
     progress: bool = True,
 ) -> list[tuple[str, str]]:
-    """Find unreadable videos under ``root``: ``[(path, error)]``.  By default a file passes if its
-    packet index can be built (``tcpnet.data.clip.probe``); ``full_decode`` decodes every frame."""
+    """Find unreadable videos under ``root``: ``[(path, problem)]``.  By default a file passes if
+    the reader can build its packet index (``tcpnet.data.clip.probe``: no video stream, corrupt
+    or truncated packets fail); ``full_decode`` also reads every frame through
+    ``tcpnet.data.load_clip``, as training does, and decodes the file from start to end to
+    compare the frame count with the index, so it is at least as strict as the reader (and
+    decodes every file about twice)."""
     jobs = [(str(p), full_decode) for p in find_videos(root, extensions)]
     summary = PrepareSummary("scan_videos")
     _collect(summary, _run(_scan_one, jobs, _default_workers(workers), "scan videos", progress))

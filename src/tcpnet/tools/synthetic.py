@@ -80,7 +80,6 @@ import math
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -88,7 +87,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 from tqdm import tqdm
 
-from tcpnet.tools.prepare import mp_context, write_video
+from tcpnet.tools.prepare import mp_context, process_pool, write_video
 
 logger = logging.getLogger(__name__)
 
@@ -554,7 +553,7 @@ def make_synthetic_dataset(
             _render_and_write(job)
             bar.update()
     else:
-        with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
+        with process_pool(workers, ctx) as ex:
             for _ in ex.map(_render_and_write, jobs, chunksize=4):
                 bar.update()
     bar.close()
