@@ -1,0 +1,184 @@
+"""tcpnet.engine.report: report.html of a test run (single- and multi-label) parses, shows the
+numbers of metrics.json, sorts classes worst first, and every embedded image decodes; the
+selection helpers against hand-made cases; `tcpnet test --report`."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tcpnet.checkpoints import save_model
+from tcpnet.config import load_config
+from tcpnet.engine.metrics import average_precision
+from tcpnet.engine.report import confused_pairs, video_probabilities, worst_videos, write_test_report
+from tcpnet.engine.testing import run_test
+from tcpnet.models import build_model
+from tcpnet.tools.synthetic import make_synthetic_dataset
+from tcpnet.viz import decode_image
+
+NAMES = ["move_right", "move_left", "grow", "shrink"]
+CONFIG = """\
+model: {name: tcp_tiny, num_segments: 4}
+data: {root: data, train_list: data/train.txt, val_list: data/val.txt, class_names: data/classes.txt,
+       num_workers: 0, crop_size: 48, scale_size: 48}
+test: {batch_size: 4, views: 1x1}
+output_dir: run
+device: cpu
+"""
+
+
+class Page(HTMLParser):
+    """Headings, table rows (cell texts), images (src, alt) and every tag seen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags, self.h2, self.h3, self.images, self.rows = [], [], [], [], []
+        self._text = None
+        self._row = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append((tag, a))
+        if tag in ("h2", "h3", "td", "th"):
+            self._text = []
+        if tag == "tr":
+            self._row = []
+        if tag == "img":
+            self.images.append((a["src"], a.get("alt", "")))
+
+    def handle_endtag(self, tag):
+        if tag in ("h2", "h3") and self._text is not None:
+            getattr(self, tag).append("".join(self._text).strip())
+            self._text = None
+        if tag in ("td", "th") and self._text is not None:
+            self._row.append("".join(self._text).strip())
+            self._text = None
+        if tag == "tr":
+            self.rows.append(self._row)
+
+    def handle_data(self, data):
+        if self._text is not None:
+            self._text.append(data)
+
+
+def parse(path: Path) -> Page:
+    text = path.read_text(encoding="utf-8")
+    assert "<script" not in text.lower() and "http://" not in text and "https://" not in text  # offline, no JS
+    assert 'name="viewport"' in text and "@media (max-width" in text  # phone layout
+    p = Page()
+    p.feed(text)
+    p.close()
+    for src, alt in p.images:
+        assert src.startswith("data:image/"), alt
+        img = decode_image(src)
+        assert img.width > 10 and img.height > 10, alt
+    return p
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """4 classes x 2 val videos (12 frames, 48 px) and an untrained tcp_tiny with a random
+    classifier saved as a model file."""
+    ws = tmp_path_factory.mktemp("report")
+    make_synthetic_dataset(ws / "data", num_classes=4, train_per_class=1, val_per_class=2, num_frames=12, size=48,
+                           progress=False)
+    (ws / "tiny.yaml").write_text(CONFIG)
+    torch.manual_seed(0)
+    model = build_model("tcp_tiny", num_classes=4, num_segments=4, dim=16, mid_channels=32)
+    model.input_config = type(model.input_config)(crop_size=48, scale_size=48, num_segments=4)
+    torch.nn.init.normal_(model.fc.weight, std=0.5)
+    save_model(model, ws / "m.pt", class_names=NAMES)
+    return ws
+
+
+def _cfg(ws: Path, *overrides: str):
+    ov = [f"data.root={ws / 'data'}", f"data.train_list={ws / 'data/train.txt'}",
+          f"data.val_list={ws / 'data/val.txt'}", f"data.class_names={ws / 'data/classes.txt'}",
+          f"output_dir={ws / 'run'}", *overrides]
+    return load_config(ws / "tiny.yaml", ov)
+
+
+def test_single_label_report(workspace):
+    cfg = _cfg(workspace)
+    result = run_test(cfg, str(workspace / "m.pt"), output_dir=workspace / "t1", progress=False)
+    path = write_test_report(result, cfg, worst=3)
+    assert path == workspace / "t1/report.html"
+    page = parse(path)
+    assert page.h2 == ["Metrics", "Confusion matrix", "Per-class accuracy", "Most-confused pairs",
+                       "Worst-predicted videos"]
+    m = result.metrics
+    rows = {r[0]: r[1] for r in page.rows if len(r) == 2}
+    assert rows["top-1 accuracy (%)"] == f"{m['top1']:.2f}" and rows["videos"] == "8"
+    assert rows["mean class accuracy (%)"] == f"{m['mean_class_acc']:.2f}"
+
+    per_class = [r for r in page.rows if len(r) == 5 and r[0] in NAMES]
+    accs = [float(r[1]) for r in per_class]
+    assert accs == sorted(accs) and len(per_class) == 4  # worst class first
+    assert {r[0]: float(r[1]) for r in per_class} == pytest.approx(m["per_class_accuracy"], abs=0.05)
+
+    cm = np.zeros((4, 4), dtype=int)
+    for t, s in zip(result.targets.tolist(), result.scores.argmax(1).tolist()):
+        cm[t, s] += 1
+    pairs = [r for r in page.rows if len(r) == 4 and r[0] in NAMES]
+    assert [(r[0], r[1], int(r[2])) for r in pairs] == [(NAMES[i], NAMES[j], n) for i, j, n in confused_pairs(cm)]
+
+    # worst videos: lowest probability of the true class, each with a thumbnail strip and a sheet
+    probs = video_probabilities(result.scores, m["fusion"], False)
+    expected = worst_videos(probs, result.targets, 3)
+    assert page.h3 == [f"{k}. {result.paths[i]}" for k, i in enumerate(expected, 1)]
+    kinds = [src.split(";")[0] for src, _ in page.images]
+    assert kinds == ["data:image/png"] + ["data:image/jpeg", "data:image/png"] * 3
+    thumb = decode_image(page.images[1][0])
+    assert thumb.height == 96 and thumb.width == 4 * 96 + 3 * 2  # 4 sampled frames, 2 px gaps
+
+
+def test_multi_label_report_shows_per_class_ap(workspace):
+    rows = ["id,actions",
+            "videos/val/grow/00000,c2 0.0 1.0;c0 0.2 0.5",
+            "videos/val/shrink/00000,c3 0.0 1.0",
+            "videos/val/move_left/00000,c1 0.0 1.0;c3 0.1 0.4",
+            "videos/val/move_right/00001,"]  # no action: an all-zero target, never among the worst
+    (workspace / "charades.csv").write_text("\n".join(rows) + "\n")
+    cfg = _cfg(workspace, f"data.test_list={workspace / 'charades.csv'}", "data.multi_label=true")
+    result = run_test(cfg, str(workspace / "m.pt"), output_dir=workspace / "ml", progress=False)
+    page = parse(write_test_report(result, cfg, worst=5))
+    assert page.h2 == ["Metrics", "Per-class average precision", "Per-class AP table", "Worst-predicted videos"]
+    assert {r[0]: r[1] for r in page.rows if len(r) == 2}["mAP (%)"] == f"{result.metrics['mAP']:.2f}"
+    ap_rows = [r for r in page.rows if len(r) == 4 and r[0] in NAMES]
+    for name, ap, _, positives in ap_rows:
+        c = NAMES.index(name)
+        assert int(positives) == int(result.targets[:, c].sum())
+        assert float(ap) == pytest.approx(100 * average_precision(result.scores[:, c], result.targets[:, c]), abs=0.05)
+    assert len(page.h3) == 3 and not any("move_right/00001" in h for h in page.h3)
+    assert len(page.images) == 1 + 2 * 3
+
+
+def test_selection_helpers():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.2, 0.2, 0.6]])
+    assert worst_videos(probs, torch.tensor([0, 0, 2, 1]), 3) == [1, 3, 2]
+    multi = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 0, 1]])
+    # video 1: 1 of its 2 labels in its top-2; video 0: 1/1; video 3: 1/1 (lower mean prob first)
+    assert worst_videos(probs, multi, 4) == [1, 3, 0]
+    cm = np.array([[5, 2, 0], [4, 1, 4], [0, 1, 3]])
+    assert confused_pairs(cm, 3) == [(1, 0, 4), (1, 2, 4), (0, 1, 2)]
+    scores = torch.tensor([[0.5, 0.5, 1.0]])
+    assert torch.allclose(video_probabilities(scores, "max-prob", False), torch.tensor([[0.25, 0.25, 0.5]]))
+    assert torch.allclose(video_probabilities(scores, "mean-logit", False), scores.softmax(-1))
+    assert torch.equal(video_probabilities(scores, "auto", True), scores)  # max-sigmoid: already probabilities
+
+
+@pytest.mark.slow
+def test_test_command_writes_the_report(workspace):
+    cfg_args = [f"data.root={workspace / 'data'}", f"data.val_list={workspace / 'data/val.txt'}",
+                f"data.train_list={workspace / 'data/train.txt'}", f"data.class_names={workspace / 'data/classes.txt'}"]
+    proc = subprocess.run([sys.executable, "-m", "tcpnet", "test", "tiny.yaml", "--checkpoint", "m.pt", "--out", "cli",
+                           "--report", *cfg_args], cwd=workspace, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "report: cli/report.html"
+    page = parse(workspace / "cli/report.html")
+    assert len(page.h3) == 8 and len(page.images) == 1 + 2 * 8
