@@ -383,6 +383,14 @@ def test_test_multi_label_reports_map(run_dir):
     npz = np.load(run_dir / "ml/scores.npz")
     targets = torch.from_numpy(npz["targets"])
     assert targets.tolist() == [[1, 0, 1, 0], [0, 0, 0, 1], [0, 1, 0, 1], [0, 0, 0, 0]]
-    expected = mean_average_precision(fuse_scores(npz["view_logits"], "max-prob"), targets)
+    # multi-label data: the default (auto) fusion scores each class with its own sigmoid
+    expected = mean_average_precision(fuse_scores(npz["view_logits"], "max-sigmoid"), targets)
+    assert metrics["fusion"] == "max-sigmoid"
     assert metrics["num_videos"] == 4 and metrics["mAP"] == pytest.approx(expected, abs=1e-9)
     assert "top1" not in metrics and not (run_dir / "ml/confusion_matrix.csv").exists()
+    # an explicit softmax fusion is still available (and still computed the same way)
+    tcpnet("test", "tiny.yaml", "--checkpoint", "run/best.pt", "--views", "1x2", "--out", "ml_softmax",
+           "--fusion", "max-prob", "data.test_list=charades.csv", "data.multi_label=true", cwd=run_dir)
+    metrics = json.loads((run_dir / "ml_softmax/metrics.json").read_text())
+    expected = mean_average_precision(fuse_scores(npz["view_logits"], "max-prob"), targets)
+    assert metrics["num_videos"] == 4 and metrics["mAP"] == pytest.approx(expected, abs=1e-9)

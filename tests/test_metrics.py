@@ -78,3 +78,26 @@ def test_evaluate_fuses_views_and_counts_videos():
     top1 = (res.scores.argmax(1) == targets).float().mean().item() * 100
     assert res.metrics["top1"] == pytest.approx(top1)
     assert res.metrics["confusion_matrix"].sum() == 5
+
+
+def test_sigmoid_fusion_matches_a_hand_computed_map():
+    """Multi-label data: each class gets its own sigmoid, max over views (the SlowFast Charades
+    protocol); a softmax would make the classes of one video compete."""
+    from tcpnet.engine.evaluate import fuse_views
+    from tcpnet.engine.metrics import mean_average_precision
+
+    logits = torch.tensor([[[3.0, 3.0], [0.0, 0.0]],       # video 0: (view, class)
+                           [[2.0, -2.0], [-2.0, -2.0]],    # video 1
+                           [[-1.0, 1.0], [4.0, -3.0]]])    # video 2
+    targets = torch.tensor([[1, 0], [0, 1], [1, 1]])
+    scores = fuse_views(logits, "max-sigmoid")
+    assert torch.allclose(scores, torch.sigmoid(torch.tensor([[3.0, 3.0], [2.0, -2.0], [4.0, 1.0]])))
+    # class 0 ranks videos 2, 0, 1 -> positives (2, 0) at ranks 1 and 2: AP = 1
+    # class 1 ranks videos 0, 2, 1 -> positives (2, 1) at ranks 2 and 3: AP = (1/2 + 2/3) / 2
+    by_hand = 100 * (1 + (1 / 2 + 2 / 3) / 2) / 2
+    assert mean_average_precision(scores, targets) == pytest.approx(by_hand)
+    assert fuse_views(logits, "auto", multi_label=True).equal(scores)
+    assert fuse_views(logits, "auto", multi_label=False).equal(fuse_views(logits, "max-prob"))
+    assert torch.allclose(fuse_views(logits, "mean-sigmoid"), torch.sigmoid(logits).mean(1))
+    softmax_map = mean_average_precision(fuse_views(logits, "max-prob"), targets)
+    assert softmax_map != pytest.approx(by_hand)

@@ -1,6 +1,6 @@
 """The ``tcpnet`` command: parses arguments, configures logging and calls the library.
 
-Sub-commands: train, test, predict, export, flops, convert, prepare, synth, demo, models.
+Sub-commands: train, test, predict, explain, export, flops, convert, prepare, synth, demo, models.
 Errors in the inputs (config keys/types, missing files, undecodable videos, bad checkpoints)
 end with one ``tcpnet: error: ...`` message on stderr and a non-zero exit code; ``--debug``
 shows the traceback instead. Run ``tcpnet <command> -h`` for each command's options.
@@ -17,6 +17,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 
 __all__ = ["main", "build_parser"]
+
+from tcpnet.config import FUSIONS
+from tcpnet.engine.preemption import EXIT_PREEMPTED, Preempted
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -67,6 +70,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load_cfg(args, extra)
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
+        if result.get("nothing_to_do"):
+            print(f"nothing to do: {result['resumed_from']} has finished train.epochs={cfg.train.epochs} "
+                  f"(raise train.epochs to train longer, or set another output_dir)")
+            return 0
         best = result.get("best_metric")
         metric = result.get("metric_name", "top1")
         print(f"done: {result['output_dir']}  best val {metric} "
@@ -98,6 +105,10 @@ def cmd_test(args: argparse.Namespace) -> int:
             head = f"mAP {_fmt(m.get('mAP'))}"
         print(f"{m['num_videos']} videos, {m['views']} views, {m['fusion']}: {head}")
         print(f"results: {result.output_dir / 'metrics.json'}")
+        if args.report:
+            from tcpnet.engine.report import write_test_report
+
+            print(f"report: {write_test_report(result, cfg)}")
     return 0
 
 
@@ -129,6 +140,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 name = t["name"] if t["name"] is not None else f"class {t['label']}"
                 print(f"  {rank}. {name:<30} {t['prob']:.4f}")
     return EXIT_ERROR if any(p.error for p in preds) else 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from tcpnet.checkpoints import build_model_from_checkpoint
+    from tcpnet.engine.distributed import resolve_device
+    from tcpnet.engine.explain import explain_videos
+    from tcpnet.engine.predict import read_labels
+
+    model = build_model_from_checkpoint(args.checkpoint).to(resolve_device(args.device))
+    names = read_labels(args.labels, int(model.num_classes)) if args.labels else None
+    results = explain_videos(model, args.videos, args.out, views=args.views, class_names=names)
+    for r in results:
+        if "error" in r:
+            print(f"tcpnet: error: {r['error']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if "error" not in r:
+                t = r["target"]
+                print(f"{r['video']}: {t['name']} ({t['prob']:.4f}) -> {', '.join(r['files'].values())}")
+    return EXIT_ERROR if any("error" in r for r in results) else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -284,10 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="W1,W2...", help="ensemble weights, one per checkpoint (default 1)")
     p.add_argument("--views", metavar="CxN", help="crops x clips: 1x1 (centre crop), 3x10 (published 30 views); "
                    "C in {1,3,5,10} (default: test.views)")
-    p.add_argument("--fusion", choices=("max-prob", "mean-prob", "mean-logit"),
-                   help="how views are combined (default: test.fusion; max-prob is the authors')")
+    p.add_argument("--fusion", choices=FUSIONS,
+                   help="how views are combined (default: test.fusion; auto = max-prob, the authors', "
+                        "or max-sigmoid for multi-label data)")
     p.add_argument("--out", metavar="DIR", help="output directory (default <output_dir>/test_<views>)")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="autocast for the forward pass")
+    p.add_argument("--report", action="store_true",
+                   help="also write report.html: metrics, confusions, worst videos with explain sheets")
 
     p = add("predict", cmd_predict, "top-k classes of video files")
     p.add_argument("videos", nargs="+", metavar="VIDEO")
@@ -295,8 +331,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", metavar="FILE", help="class names, one per line (default: from the checkpoint)")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--views", default="1x1", metavar="CxN")
-    p.add_argument("--fusion", choices=("mean-prob", "max-prob", "mean-logit"), default="mean-prob")
+    p.add_argument("--fusion", choices=FUSIONS, default="auto",
+                   help="auto: mean-prob, or max-sigmoid for a model trained on multi-label data")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--device", default="auto")
+
+    p = add("explain", cmd_explain, "what the model looks at: Grad-CAM, TCP attention, frame importance "
+            "(a PNG sheet and an MP4 per video)")
+    p.add_argument("videos", nargs="+", metavar="VIDEO")
+    p.add_argument("--checkpoint", required=True, metavar="PATH")
+    p.add_argument("--out", default="explain", metavar="DIR", help="where <video>.png/.mp4 go (default ./explain)")
+    p.add_argument("--views", default="1x1", metavar="CxN",
+                   help="test views; the sheet shows the one most confident in the explained class")
+    p.add_argument("--labels", metavar="FILE", help="class names, one per line (default: from the checkpoint)")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
     p.add_argument("--device", default="auto")
 
     p = add("export", cmd_export, "export a model to ONNX or TorchScript (dynamic batch) and verify it")
@@ -401,7 +449,12 @@ def _error_message(e: BaseException) -> str:
         return f"{e.filename}: {e.strerror}"
     if isinstance(e, KeyError):
         return f"missing key {e}"
-    return str(e) or type(e).__name__
+    text = str(e) or type(e).__name__
+    if "Original Traceback" in text:  # re-raised from a DataLoader worker: keep the worker's error line
+        last = [line for line in text.splitlines() if line.strip()][-1].strip()
+        kind, _, message = last.partition(": ")
+        return message if message and kind.split(".")[-1] == type(e).__name__ else last
+    return text
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -414,6 +467,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("tcpnet: interrupted", file=sys.stderr)
         return 130
+    except Preempted as e:
+        print(f"tcpnet: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except BrokenPipeError:  # stdout closed early (e.g. `tcpnet predict ... | head`): not an error
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -425,7 +481,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from tcpnet.config import ConfigError
         from tcpnet.data.errors import DecodeError
 
-        expected = (ConfigError, CheckpointError, DecodeError, OSError, ValueError, TypeError, KeyError)
+        expected = (ConfigError, CheckpointError, DecodeError, OSError, ValueError, TypeError, KeyError,
+                    FloatingPointError)
         msg = _error_message(e)
         if not isinstance(e, expected):
             msg = f"{type(e).__name__}: {msg} (run with --debug for the traceback)"

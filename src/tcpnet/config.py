@@ -17,7 +17,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 __all__ = [
     "Config", "ModelConfig", "DataConfig", "TrainConfig", "TestConfig", "ConfigError",
     "load_config", "config_from_dict", "config_to_dict", "config_to_yaml", "save_config",
-    "parse_views", "SCHEDULES", "OPTIMIZERS", "AMP_MODES", "FUSIONS", "READERS",
+    "parse_views", "parse_interval", "resolve_fusion", "SCHEDULES", "OPTIMIZERS", "AMP_MODES", "FUSIONS", "READERS",
 ]
 
 
@@ -82,14 +82,17 @@ class TrainConfig:
     log_every: int = 20                 # iterations between log lines / jsonl records
     eval_every: int = 1                 # epochs between validation passes (published: 1)
     max_iters_per_epoch: Optional[int] = None  # cap iterations per epoch (smoke tests, demos)
+    checkpoint_every: Optional[str] = None  # also write last.pt inside an epoch: every N iterations ("500") or minutes ("10m")
+    nonfinite: str = "stop"             # NaN/Inf loss or gradient norm: stop (keep the last good checkpoint) | skip the step
     resume: Optional[str] = None        # training checkpoint to continue from
     auto_resume: bool = True            # continue from <output_dir>/last.pt when it exists
+    force_resume: bool = False          # resume although the config differs from the checkpoint's (beyond run length)
 
 
 @dataclass
 class TestConfig:
     views: str = "1x1"                  # <crops>x<clips>: 1x1 = centre crop, 3x10 = published
-    fusion: str = "max-prob"            # max-prob (authors') | mean-prob | mean-logit
+    fusion: str = "auto"                # auto: max-prob (authors') for single-label, max-sigmoid for multi-label data
     batch_size: int = 8
     checkpoint: Optional[str] = None
 
@@ -109,7 +112,8 @@ class Config:
 SCHEDULES = ("step", "cos")
 OPTIMIZERS = ("sgd", "adamw")
 AMP_MODES = ("none", "bf16", "fp16")
-FUSIONS = ("max-prob", "mean-prob", "mean-logit")
+FUSIONS = ("auto", "max-prob", "mean-prob", "mean-logit", "max-sigmoid", "mean-sigmoid")
+NONFINITE = ("stop", "skip")
 DATA_FORMATS = (None, "video", "frames")
 READERS = ("pyav", "torchcodec")
 VIEW_CROPS = (1, 3, 5, 10)
@@ -119,9 +123,18 @@ _CHOICES = {
     "train.optimizer": OPTIMIZERS,
     "train.amp": AMP_MODES,
     "test.fusion": FUSIONS,
+    "train.nonfinite": NONFINITE,
     "data.format": DATA_FORMATS,
     "data.reader": READERS,
 }
+
+
+def parse_interval(text: Union[str, int]) -> Tuple[str, float]:
+    """``"500"`` -> ("iters", 500); ``"10m"``/``"10min"``/``"2.5m"`` -> ("minutes", 10.0)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(m|min|minutes)?\s*", str(text))
+    if not m or float(m.group(1)) <= 0 or (m.group(2) is None and "." in m.group(1)):
+        raise ValueError(f"expected a number of iterations ('500') or minutes ('10m'), got {text!r}")
+    return ("minutes", float(m.group(1))) if m.group(2) else ("iters", int(m.group(1)))
 
 
 def parse_views(views: Union[str, Tuple[int, int]]) -> Tuple[int, int]:
@@ -138,6 +151,14 @@ def parse_views(views: Union[str, Tuple[int, int]]) -> Tuple[int, int]:
     if clips < 1:
         raise ValueError(f"views: number of clips must be >= 1, got {clips}")
     return crops, clips
+
+
+def resolve_fusion(fusion: str, multi_label: bool) -> str:
+    """``auto`` -> the protocol of the data: softmax max over views (the authors') for single-label
+    classes, sigmoid max over views (the SlowFast Charades protocol) for multi-label data."""
+    if fusion == "auto":
+        return "max-sigmoid" if multi_label else "max-prob"
+    return fusion
 
 
 def _describe(e: OmegaConfBaseException, source: str) -> str:
@@ -182,6 +203,11 @@ def _validate(cfg: Config, source: str) -> None:
     if cfg.data.multi_label and (cfg.train.mixup_alpha > 0 or cfg.train.cutmix_alpha > 0):
         raise ConfigError(f"{source}: train.mixup_alpha/cutmix_alpha are for single-label data; "
                           "data.multi_label is true")
+    if cfg.train.checkpoint_every is not None:
+        try:
+            parse_interval(cfg.train.checkpoint_every)
+        except ValueError as e:
+            raise ConfigError(f"{source}: train.checkpoint_every: {e}") from None
     if len(cfg.train.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.train.betas):
         raise ConfigError(f"{source}: train.betas must be two numbers in [0, 1), got {cfg.train.betas}")
     try:
@@ -225,6 +251,9 @@ def _config_layers(path: Path, chain: Tuple[Path, ...] = ()) -> List[Tuple[str, 
         raise ConfigError(f"{path}: cannot parse YAML: {e}") from e
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    if len(loaded) == 0:
+        raise ConfigError(f"{path}: the config file is empty (an empty file would silently run the "
+                          "default recipe); state at least the model and data keys")
     bases = loaded.pop(BASE_KEY, None)
     if bases is None:
         bases = []

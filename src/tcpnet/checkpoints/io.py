@@ -118,9 +118,12 @@ def read_file(path: PathLike) -> Any:
         with _allow_numpy_scalars():
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch wraps every unpickling failure in the same text; only an "Unsupported ..." detail
-        # means the file asks for code to run, anything else is a damaged or foreign file
-        if "Unsupported" in str(e) or "GLOBAL" in str(e):
+        # torch wraps every unpickling failure in the same text. A pickle (b"\x80" protocol
+        # header, or torch's zip) asking for an unsupported global or opcode wants code to run;
+        # any other failure is a damaged or foreign file.
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if "Unsupported global" in str(e) or ("Unsupported" in str(e) and head[:1] in (b"\x80", b"P")):
             raise CheckpointError(_refusal_message(path, e)) from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated, corrupt or not a "
                               "checkpoint): the pickle data is damaged") from None

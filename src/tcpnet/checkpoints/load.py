@@ -207,7 +207,8 @@ def _model_info(obj: Any, source: str) -> Mapping[str, Any]:
 def build_model_from_checkpoint(path: PathLike, strict: bool = True) -> nn.Module:
     """Rebuild the model recorded in a tcpnet model/training file (or .safetensors) and load it.
 
-    The model is returned in eval mode with ``class_names`` (list or ``None``) attached.
+    The model is returned in eval mode with ``class_names`` (list or ``None``) and
+    ``multi_label`` (whether it was trained on multi-label data) attached.
     """
     obj, source = _read(path)
     info = _model_info(obj, source)
@@ -225,10 +226,11 @@ def build_model_from_checkpoint(path: PathLike, strict: bool = True) -> nn.Modul
     _load(model, extract_state_dict(obj, source), source, strict)
     if saved_cfg and hasattr(model, "input_config"):
         if InputConfig.from_dict(saved_cfg) != model.input_config:
-            log.info("%s: saved input_config %s differs from the rebuilt model's %s; using the saved one",
+            log.debug("%s: saved input_config %s differs from the rebuilt model's %s; using the saved one",
                         source, saved_cfg, model.input_config.to_dict())
             model.input_config = InputConfig.from_dict(saved_cfg)
     model.class_names = info.get("class_names")
+    model.multi_label = bool(info.get("multi_label", False))  # trained with independent sigmoids (BCE)
     return model.eval()
 
 

@@ -7,24 +7,119 @@ A training checkpoint is also a valid model file, so
 """
 from __future__ import annotations
 
+import errno
+import logging
+import os
 import random
+import shutil
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 import numpy as np
 import torch
 
 from tcpnet.checkpoints.io import CheckpointError, atomic_torch_save, read_file
+from tcpnet.config import ConfigError
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["save_training_checkpoint", "load_training_checkpoint", "capture_rng_state",
-           "restore_rng_state"]
+           "restore_rng_state", "prepare_output_dir", "config_differences", "repair_best",
+           "RESUMABLE_KEYS"]
+
+# Config keys a resumed run may change: the run's length and bookkeeping, never the recipe.
+RESUMABLE_KEYS = ("train.epochs", "train.resume", "train.auto_resume", "train.force_resume",
+                  "train.checkpoint_every", "train.log_every", "train.eval_every", "data.num_workers",
+                  "test.batch_size", "device")
 
 _REQUIRED = ("state_dict", "optimizer", "epoch")
 
 
 def save_training_checkpoint(ckpt: Dict[str, Any], path: Union[str, Path]) -> Path:
-    """Write ``ckpt`` atomically (temp file, fsync, rename) to ``path``."""
-    return atomic_torch_save(ckpt, path)
+    """Write ``ckpt`` atomically (temp file, fsync, rename) to ``path``. A failed write (full
+    disk, lost mount) leaves the previous file untouched and says so in a ``CheckpointError``."""
+    path = Path(path)
+    try:
+        return atomic_torch_save(ckpt, path)
+    except (OSError, RuntimeError) as e:
+        reason = os.strerror(e.errno) if isinstance(e, OSError) and e.errno else str(e).splitlines()[0]
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+        raise CheckpointError(f"{path}: could not write the checkpoint ({reason}); {kept}") from e
+
+
+def prepare_output_dir(out_dir: Union[str, Path]) -> Path:
+    """Create ``out_dir``, prove it is writable before any work, and remove the temporary files
+    that a write killed half-way left behind (``.last.pt.*.tmp`` and alike)."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test.{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(e.errno or errno.EACCES, f"output_dir is not writable ({e.strerror or e})",
+                      str(out)) from None
+    for stale in out.glob(".*.pt.*.tmp"):
+        logger.info("removing %s, left by an interrupted checkpoint write", stale)
+        stale.unlink(missing_ok=True)
+    return out
+
+
+def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "kwargs":
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(saved: Dict[str, Any], current: Dict[str, Any],
+                       allowed: Iterable[str] = RESUMABLE_KEYS) -> List[str]:
+    """``key: checkpoint X, config Y`` for every setting that differs, except ``allowed`` ones."""
+    a, b = _flatten(saved), _flatten(current)
+    skip = set(allowed)
+    return [f"{k}: checkpoint {a.get(k)!r}, config {b.get(k)!r}"
+            for k in sorted(set(a) | set(b)) if k not in skip and a.get(k) != b.get(k)]
+
+
+def check_resume_config(path: Union[str, Path], saved: Optional[Dict[str, Any]], current: Dict[str, Any],
+                        force: bool) -> None:
+    """Stop a resume whose config changed beyond the run length, naming every differing key
+    (``train.force_resume=true`` resumes anyway)."""
+    if not saved:
+        return
+    diffs = config_differences(saved, current)
+    if diffs and not force:
+        raise ConfigError(f"{path}: the config differs from the one this run was started with: "
+                          + "; ".join(diffs) + ". Use a new output_dir for a new run, or "
+                          "train.force_resume=true to continue with the new settings")
+    if diffs:
+        logger.warning("resuming with a changed config (train.force_resume): %s", "; ".join(diffs))
+
+
+def repair_best(out_dir: Union[str, Path], last: Dict[str, Any]) -> bool:
+    """Make ``best.pt`` agree with ``last.pt``: a kill between writing the two leaves an older
+    best.pt behind while last.pt records that its own epoch was the best. Returns True if repaired."""
+    out = Path(out_dir)
+    best_epoch, epoch = int(last.get("best_epoch", -1)), int(last.get("epoch", 0))
+    if best_epoch < 0 or best_epoch != epoch - 1 or int(last.get("iter", 0)) != 0:
+        return False
+    best = out / "best.pt"
+    if best.is_file():
+        try:
+            if int(read_file(best).get("epoch", -1)) == epoch:
+                return False
+        except CheckpointError:
+            pass  # unreadable: replace it
+    tmp = out / f".best.pt.{os.getpid()}.tmp"
+    shutil.copyfile(out / "last.pt", tmp)
+    os.replace(tmp, best)
+    logger.warning("best.pt was older than last.pt's best epoch %d (a run killed between the two "
+                   "writes); restored it from last.pt", best_epoch + 1)
+    return True
 
 
 def load_training_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:

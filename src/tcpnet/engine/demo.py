@@ -4,7 +4,9 @@ Each class pair of that dataset is a time reversal (move right / move left, grow
 so an order-blind head (global average pooling over time) is at chance *within* a pair, while
 TCP's temporal attention sees the order. ``run_demo`` generates the data (once), trains
 ``configs/demo/tcp.yaml`` (tcp_tiny) and ``configs/demo/gap.yaml`` (tsn_tiny) with the ordinary
-``train`` loop, evaluates both, prints a side-by-side table and writes ``demo.png``.
+``train`` loop, evaluates both, prints a side-by-side table and writes ``demo.png``, a test
+report per model (``<out>/<tcp|gap>/test/report.html``) and explain sheets of one video per
+order pair (``<out>/explain/``, see :mod:`tcpnet.engine.demo_visuals`).
 """
 from __future__ import annotations
 
@@ -79,17 +81,23 @@ def run_demo(out_dir: Union[str, Path] = "demo_output", quick: bool = False, *, 
     results.json into ``out_dir``. ``quick`` shrinks data and epochs to a smoke test (minutes
     -> seconds; its accuracies mean nothing). ``overrides`` apply to both configs."""
     from tcpnet.tools.synthetic import make_synthetic_dataset
+    from tcpnet.engine.demo_visuals import explain_order_pairs, write_model_report
     from tcpnet.engine.train import train
 
     t_start = time.time()
     out = Path(out_dir)
-    data_dir = out / "data"
+    data_dir = out / ("data_quick" if quick else "data")  # a quick run never clobbers the full data
     settings = dict(QUICK_DATA if quick else DEMO_DATA, **(data_settings or {}))
     t0 = time.time()
-    make_synthetic_dataset(data_dir, seed=seed, progress=False, **settings)
+    try:
+        make_synthetic_dataset(data_dir, seed=seed, progress=False, **settings)
+    except FileExistsError:  # the demo's own cache, made with other settings: make it anew
+        print(f"tcpnet demo: regenerating {data_dir} (it holds the synthetic data of other settings)")
+        make_synthetic_dataset(data_dir, seed=seed, progress=False, overwrite=True, **settings)
     timings = {"data": time.time() - t0}
 
     results: Dict[str, Dict[str, Any]] = {}
+    models: Dict[str, Any] = {}
     for kind, label in (("tcp", "TCP"), ("gap", "GAP")):
         ov = [f"data.root={data_dir}", f"data.train_list={data_dir / 'train.txt'}",
               f"data.val_list={data_dir / 'val.txt'}", f"data.class_names={data_dir / 'classes.txt'}",
@@ -109,18 +117,27 @@ def run_demo(out_dir: Union[str, Path] = "demo_output", quick: bool = False, *, 
                           "epochs": cfg.train.epochs, "train_seconds": timings[f"train_{kind}"],
                           "train_clips_per_s": res["final"]["clips_per_s"],
                           "output_dir": str(out / kind)}
+        t0 = time.time()
+        results[label]["report"] = str(write_model_report(cfg, res["last_checkpoint"], out / kind / "test"))
+        models[label] = res["model"]
+        timings[f"report_{kind}"] = time.time() - t0
 
+    t0 = time.time()
+    sheets = explain_order_pairs(models, data_dir, out / "explain")
+    timings["explain"] = time.time() - t0
     timings["total"] = time.time() - t_start
     lines = ["", f"{'head':<6}{'model':<10}{'top-1 (8 cls)':>15}{'within-pair':>13}{'train s':>9}",
              "-" * 53]
     for label, r in results.items():
         lines.append(f"{label:<6}{r['model']:<10}{r['top1']:>14.1f}%{r['within_pair']:>12.1f}%{r['train_seconds']:>9.0f}")
     lines += ["", "within-pair = picks the right order between a class and its time reversal (chance 50%).",
-              f"total {timings['total']:.0f} s (data {timings['data']:.0f} s)"]
+              f"total {timings['total']:.0f} s (data {timings['data']:.0f} s)", ""]
+    lines += [f"report ({label}): {r['report']}" for label, r in results.items()]
+    lines.append(f"explain sheets: {out / 'explain'} (one video per order pair, as recorded and time-reversed)")
     table = "\n".join(lines)
     print(table)
     _plot(results, out / "demo.png")
     summary = {"results": results, "timings": timings, "data": settings, "quick": quick, "table": table,
-               "plot": str(out / "demo.png")}
+               "plot": str(out / "demo.png"), "explain_sheets": [str(p) for p in sheets]}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tcpnet.config import FUSIONS
+from tcpnet.config import FUSIONS, resolve_fusion
 from tcpnet.engine.distributed import all_gather_objects, is_distributed, is_main_process
 from tcpnet.engine.metrics import classification_metrics
 
@@ -35,17 +35,25 @@ class EvalResult:
     metrics: Dict[str, object] = field(default_factory=dict)
 
 
-def fuse_views(view_logits: torch.Tensor, fusion: str = "max-prob") -> torch.Tensor:
-    """(N, V, K) logits -> (N, K). max-prob: softmax per view, class-wise max over views
-    (the authors' test script); mean-prob: mean of softmaxes; mean-logit: mean of logits."""
+def fuse_views(view_logits: torch.Tensor, fusion: str = "max-prob", multi_label: bool = False) -> torch.Tensor:
+    """(N, V, K) logits -> (N, K) scores. max-prob: softmax per view, class-wise max over views
+    (the authors' test script); mean-prob: mean of softmaxes; mean-logit: mean of logits;
+    max-sigmoid / mean-sigmoid: independent per-class sigmoids, max or mean over views (the
+    multi-label protocol: classes are not exclusive, so they must not compete in a softmax);
+    auto: max-sigmoid for multi-label data, else max-prob."""
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion: expected one of {FUSIONS}, got {fusion!r}")
+    fusion = resolve_fusion(fusion, multi_label)
     x = view_logits.float()
     if fusion == "max-prob":
         return x.softmax(-1).amax(1)
     if fusion == "mean-prob":
         return x.softmax(-1).mean(1)
-    if fusion == "mean-logit":
-        return x.mean(1)
-    raise ValueError(f"fusion: expected one of {FUSIONS}, got {fusion!r}")
+    if fusion == "max-sigmoid":
+        return x.sigmoid().amax(1)
+    if fusion == "mean-sigmoid":
+        return x.sigmoid().mean(1)
+    return x.mean(1)
 
 
 def autocast_context(device: torch.device, amp: Optional[str]):
@@ -61,7 +69,7 @@ def autocast_context(device: torch.device, amp: Optional[str]):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device, fusion: str = "max-prob",
+def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device, fusion: str = "auto",
              amp: Optional[str] = None, num_classes: Optional[int] = None,
              progress: bool = False) -> EvalResult:
     """Run ``model`` over ``loader`` batches ``(clips, targets[, indices])`` with clips
@@ -120,7 +128,10 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device, fusion
         logger.debug("evaluate: dropped %d duplicated videos", int((~keep).sum()))
         indices, view_logits, targets = indices[keep], view_logits[keep], targets[keep]
 
-    scores = fuse_views(view_logits, fusion)
+    if targets.dim() == 2 and resolve_fusion(fusion, True) in ("max-prob", "mean-prob"):
+        logger.warning("fusion %s ranks multi-label classes with a softmax; max-sigmoid (the default "
+                       "for multi-label data) scores each class on its own", fusion)
+    scores = fuse_views(view_logits, fusion, multi_label=targets.dim() == 2)
     k = num_classes or scores.shape[1]
     metrics = classification_metrics(scores, targets, k)
     if targets.dim() == 2:

@@ -29,16 +29,32 @@ def jsonable(v: Any) -> Any:
 class RunLogger:
     """Append records to ``metrics.jsonl`` and scalars to TensorBoard (``tensorboard/``)."""
 
-    def __init__(self, output_dir: Union[str, Path], enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(self, output_dir: Union[str, Path], enabled: bool = True, tensorboard: bool = True,
+                 resume_step: Optional[int] = None) -> None:
+        """``resume_step``: the global iteration a resumed run continues after; records of later
+        steps (written before the run was killed, about to be redone) are dropped, in the JSON
+        lines and in TensorBoard, so a resumed run's log has each step once."""
         self.output_dir = Path(output_dir)
         self.enabled = enabled
         self.jsonl_path = self.output_dir / "metrics.jsonl"
         self.writer = None
         if enabled:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            if resume_step is not None:
+                self._rewind(resume_step)
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
-                self.writer = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"))
+                purge = None if resume_step is None else resume_step + 1
+                self.writer = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"), purge_step=purge)
+
+    def _rewind(self, step: int) -> None:
+        if not self.jsonl_path.is_file():
+            return
+        kept = [line for line in self.jsonl_path.read_text().splitlines()
+                if line.strip() and int(json.loads(line).get("step", 0) or 0) <= step]
+        tmp = self.jsonl_path.with_name(f".{self.jsonl_path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self.jsonl_path)
 
     def log(self, event: str, **fields: Any) -> None:
         """One JSON line ``{"event": ..., "time": ..., **fields}``."""

@@ -4,6 +4,8 @@ Each video goes through the test pipeline of the model's input config (the same 
 crops as ``tcpnet test``, via :class:`tcpnet.data.VideoDataset` in test mode), the model, and a
 softmax per view; several views are fused with the mean of the softmaxes by default, so the
 probabilities of a video sum to 1 (the authors' max-prob fusion does not give probabilities).
+A model trained on multi-label data scores each class with its own sigmoid (max over views):
+its classes are not exclusive, so their probabilities do not sum to 1.
 A file that cannot be decoded gives a :class:`Prediction` with ``error`` set; the others are
 still predicted.
 """
@@ -61,17 +63,20 @@ def build_predict_dataset(model: nn.Module, videos: Sequence[str], views: str = 
 
 @torch.no_grad()
 def predict_videos(model: nn.Module, videos: Sequence[str], *, views: str = "1x1", topk: int = 5,
-                   class_names: Optional[Sequence[str]] = None, fusion: str = "mean-prob",
+                   class_names: Optional[Sequence[str]] = None, fusion: str = "auto",
                    device: Optional[torch.device] = None, amp: Optional[str] = None) -> List[Prediction]:
     """Predict each video in turn; returns one :class:`Prediction` per input, in order.
 
-    ``fusion`` combines the views (``mean-prob`` default; ``max-prob``/``mean-logit`` are
-    renormalised with a softmax/sum so that the reported values are probabilities).
+    ``fusion`` combines the views (``auto``: ``mean-prob``, or ``max-sigmoid`` for a model with
+    ``multi_label`` set; ``max-prob``/``mean-logit`` are renormalised with a sum/softmax so that
+    the reported values are probabilities).
     """
-    from tcpnet.data.clip import DecodeError
+    from tcpnet.data.errors import DecodeError
 
     if fusion not in FUSIONS:
         raise ValueError(f"fusion: expected one of {FUSIONS}, got {fusion!r}")
+    if fusion == "auto":
+        fusion = "max-sigmoid" if getattr(model, "multi_label", False) else "mean-prob"
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
     device = device or next(model.parameters()).device
