@@ -394,3 +394,20 @@ def test_test_multi_label_reports_map(run_dir):
     metrics = json.loads((run_dir / "ml_softmax/metrics.json").read_text())
     expected = mean_average_precision(fuse_scores(npz["view_logits"], "max-prob"), targets)
     assert metrics["num_videos"] == 4 and metrics["mAP"] == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_undecodable_video_in_test_is_one_line_with_any_number_of_workers(run_dir, tmp_path, workers):
+    """An error raised inside a DataLoader worker reaches the user as the same one line as in
+    the main process (not torch's 'Caught DecodeError in DataLoader worker process 0' traceback)."""
+    data = run_dir / "data"
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 8)  # an mp4 header, then garbage
+    lines = (data / "val.txt").read_text().splitlines()
+    lines[3] = f"{bad} 16 {lines[3].split()[-1]}"
+    (tmp_path / "val.txt").write_text("\n".join(lines) + "\n")
+    proc = tcpnet("test", "tiny.yaml", "--checkpoint", "run/best.pt", f"data.val_list={tmp_path / 'val.txt'}",
+                  f"data.num_workers={workers}", f"output_dir={tmp_path / 'out'}", cwd=run_dir, check=False)
+    line = assert_one_line_error(proc, str(bad))
+    assert "worker process" not in proc.stderr and "Caught" not in proc.stderr, proc.stderr
+    assert "cannot open as a video" in line

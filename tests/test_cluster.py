@@ -202,7 +202,11 @@ def test_second_sigint_aborts_at_once():
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored
 
 
-def test_stop_signal_under_torchrun_stops_every_rank_at_the_same_step(tiny_data, script, reference_2p, tmp_path):
+@pytest.mark.parametrize("target", ["rank1", "torchrun"])
+def test_stop_signal_under_torchrun_stops_every_rank_at_the_same_step(tiny_data, script, reference_2p, tmp_path,
+                                                                      target):
+    """SIGTERM to one rank, or to the torchrun agent (what SLURM's srun forwards): torchrun passes
+    it to every worker, and each finishes its step and writes the same checkpoint."""
     out, pids = tmp_path / "run", tmp_path / "pids"
     pids.mkdir()
     env = {**ENV, "TCPNET_TEST_PIDS": str(pids)}
@@ -210,7 +214,8 @@ def test_stop_signal_under_torchrun_stops_every_rank_at_the_same_step(tiny_data,
         tiny_data, out, "train.checkpoint_every=100")
     proc = _start(launch, env=env)
     _wait_for(out, epoch=0, it=1, proc=proc)
-    os.kill(int((pids / "rank1.restart0.pid").read_text()), signal.SIGTERM)  # one rank only
+    pid = proc.pid if target == "torchrun" else int((pids / "rank1.restart0.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
     text = proc.communicate(timeout=300)[0].decode()
     assert proc.returncode != 0  # torchrun reports the workers' exit code 75 as a failure
     assert text.count("PREEMPTED") == 2, text[-3000:]  # both ranks stopped, with the same message

@@ -166,3 +166,19 @@ def test_new_train_keys_are_validated():
             load_config(None, [bad])
     with pytest.raises(ConfigError, match="single-label"):
         load_config(None, ["data.multi_label=true", "train.mixup_alpha=0.2"])
+
+
+def test_empty_config_file_and_a_config_without_data_lists_are_refused(tmp_path):
+    """Neither may silently start the default (Kinetics-400) recipe."""
+    from tcpnet.engine.train import train
+
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing but a comment\n")
+    with pytest.raises(ConfigError, match=r"empty\.yaml: the config file is empty"):
+        load_config(empty)
+    nodata = tmp_path / "nodata.yaml"
+    nodata.write_text("train: {epochs: 1}\n")
+    cfg = load_config(nodata, [f"output_dir={tmp_path / 'out'}"])
+    with pytest.raises(ConfigError, match=r"data\.train_list is not set"):
+        train(cfg)
+    assert not (tmp_path / "out").exists()  # refused before anything was written
