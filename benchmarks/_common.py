@@ -115,3 +115,18 @@ def interleaved_times(fns: Dict[str, Callable[[], object]], repeats: int, warmup
             fn()
             times[name].append(time.perf_counter() - t0)
     return ({k: statistics.median(v) for k, v in times.items()}, {k: min(v) for k, v in times.items()})
+
+
+def make_video(path, num_frames: int = 64, height: int = 256, width: int = 340, fps: int = 25):
+    """A moving colour gradient with noise (not trivially compressible), H.264, GOP 16."""
+    import numpy as np
+
+    from tcpnet.tools.prepare import write_video
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
+    for t in range(num_frames):
+        base = np.stack([(xx * 0.7 + 3 * t) % 256, (yy * 0.9 + 2 * t) % 256, ((xx + yy) * 0.5 + 5 * t) % 256], -1)
+        frames[t] = np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+    return write_video(path, frames, fps=fps, crf=23, gop=16, preset="veryfast")

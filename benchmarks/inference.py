@@ -27,22 +27,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import format_table, interleaved_times, machine_summary  # noqa: E402
+from _common import format_table, interleaved_times, machine_summary, make_video  # noqa: E402
 
-from tcpnet.tools.prepare import write_video  # noqa: E402
 from tcpnet.engine.predict import build_predict_dataset, predict_videos  # noqa: E402
 from tcpnet.models import build_model  # noqa: E402
-
-
-def make_video(path: Path, num_frames: int, height: int, width: int, fps: int = 25) -> Path:
-    """A moving colour gradient with noise (not trivially compressible), H.264, GOP 16."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
-    for t in range(num_frames):
-        base = np.stack([(xx * 0.7 + 3 * t) % 256, (yy * 0.9 + 2 * t) % 256, ((xx + yy) * 0.5 + 5 * t) % 256], -1)
-        frames[t] = np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
-    return write_video(path, frames, fps=fps, crf=23, gop=16, preset="veryfast")
 
 
 def forward_rows(names, segments, size, batches, repeats, warmup, onnx_dir=None):
