@@ -55,6 +55,7 @@ class DataConfig:
     scale_size: Optional[int] = None    # override the model's input_config.scale_size
     check_files: bool = True            # before training/testing, fail listing every missing video
     reader: str = "pyav"                # pyav | torchcodec (exact mode; needs torchcodec + system FFmpeg)
+    cache_decoded_mb: int = 0           # decoded videos kept in memory, MiB per process (0: off; tcpnet.data.cache)
 
 
 @dataclass
@@ -191,6 +192,8 @@ def _validate(cfg: Config, source: str) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{source}: {key} must be >= 1, got {value}")
+    if cfg.data.cache_decoded_mb < 0:
+        raise ConfigError(f"{source}: data.cache_decoded_mb must be >= 0, got {cfg.data.cache_decoded_mb}")
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"{source}: model.dropout must be in [0, 1), got {cfg.model.dropout}")
     if cfg.train.lr <= 0:

@@ -9,6 +9,7 @@ place, :func:`resolve_input_config`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -20,6 +21,8 @@ from tcpnet.data.formats import ListSource, get_list_format
 from tcpnet.data.lists import check_labels, check_records
 from tcpnet.data.records import RecordList
 from tcpnet.input_config import InputConfig
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["check_data_config", "load_class_names", "read_list", "read_lists", "check_list_labels",
            "infer_num_classes", "resolve_input_config", "build_datasets", "build_test_dataset", "IndexedSubset"]
@@ -149,11 +152,16 @@ def build_datasets(data_cfg: DataConfig, records: Dict[str, Sequence], input_con
     """A VideoDataset per subset: train = random segments, multi-scale crop and flip; val (and
     test) = segment centres, resize and centre crop. Videos with fewer than 3 frames are dropped."""
     input_config = resolve_input_config(data_cfg, input_config)
+    if data_cfg.cache_decoded_mb and data_cfg.num_workers:
+        logger.warning("data.cache_decoded_mb=%d is not used with data.num_workers=%d: the decoded-video cache "
+                       "serves the main process only (tcpnet.data.cache); set data.num_workers=0",
+                       data_cfg.cache_decoded_mb, data_cfg.num_workers)
     return {subset: VideoDataset.from_config(
                 recs, data_cfg.root, input_config, mode="train" if subset == "train" else "val",
                 num_segments=num_segments, flip=data_cfg.flip, num_classes=num_classes,
                 multi_label=data_cfg.multi_label, frame_template=data_cfg.frame_template, seed=seed,
-                max_consecutive_failures=max_consecutive_failures, reader=data_cfg.reader)
+                max_consecutive_failures=max_consecutive_failures, reader=data_cfg.reader,
+                decoded_cache_bytes=data_cfg.cache_decoded_mb * 2**20)
             for subset, recs in records.items()}
 
 
@@ -165,7 +173,8 @@ def build_test_dataset(data_cfg: DataConfig, records: Sequence, input_config: In
     return VideoDataset.from_config(
         records, data_cfg.root, resolve_input_config(data_cfg, input_config), mode="test", views=views,
         num_segments=num_segments, num_classes=num_classes, multi_label=data_cfg.multi_label,
-        frame_template=data_cfg.frame_template, min_frames=0, reader=data_cfg.reader)
+        frame_template=data_cfg.frame_template, min_frames=0, reader=data_cfg.reader,
+        decoded_cache_bytes=data_cfg.cache_decoded_mb * 2**20)
 
 
 class IndexedSubset(Dataset):

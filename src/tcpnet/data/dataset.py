@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tcpnet.config import READERS
+from tcpnet.data.cache import load_clip_cached
 from tcpnet.data.clip import DEFAULT_FRAME_TEMPLATE, load_clip, probe
 from tcpnet.data.errors import DecodeError
 from tcpnet.data.lists import multi_hot
@@ -75,6 +76,8 @@ class VideoDataset(Dataset):
     ``decode_threads``: FFmpeg threads per video, passed to :func:`~tcpnet.data.load_clip`
     (``None``: its default, 1 inside DataLoader workers, FFmpeg's choice in the main process).
     ``reader``: the video decoder, "pyav" (default) or "torchcodec" (optional; exact mode).
+    ``decoded_cache_bytes``: keep whole decoded videos in this process's memory, up to this many
+    bytes, and read later clips of them from there (0: off; see :mod:`tcpnet.data.cache`).
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class VideoDataset(Dataset):
         return_uint8: bool = False,
         decode_threads: Optional[int] = None,
         reader: str = "pyav",
+        decoded_cache_bytes: int = 0,
     ) -> None:
         if sampler is None:
             raise TypeError("VideoDataset: a sampler is required (e.g. tcpnet.data.TSNTrainSampler(8))")
@@ -129,6 +133,7 @@ class VideoDataset(Dataset):
         self.return_uint8 = bool(return_uint8)
         self.decode_threads = decode_threads
         self.reader = reader
+        self.decoded_cache_bytes = int(decoded_cache_bytes)
         self.num_clips = int(getattr(sampler, "num_clips", 1))
         # Shared between the main process and DataLoader workers (see the module docstring).
         n = len(self.records)
@@ -264,8 +269,14 @@ class VideoDataset(Dataset):
     def load(self, index: int, rng: np.random.Generator) -> torch.Tensor:
         """Sample, decode and transform record ``index``: the clip as ``__getitem__`` returns it."""
         indices = self.sampler(self.num_frames(index), rng)
-        clip = load_clip(self._full_path(self.records[index]), indices, frame_template=self.frame_template,
-                         threads=self.decode_threads, reader=self.reader)
+        path = self._full_path(self.records[index])
+        if self.decoded_cache_bytes:
+            clip = load_clip_cached(path, indices, max_bytes=self.decoded_cache_bytes,
+                                    frame_template=self.frame_template, threads=self.decode_threads,
+                                    reader=self.reader)
+        else:
+            clip = load_clip(path, indices, frame_template=self.frame_template, threads=self.decode_threads,
+                             reader=self.reader)
         if self.transform is not None:
             clip = self.transform(clip, rng) if isinstance(self.transform, ClipTransform) else self.transform(clip)
         if clip.dtype != torch.uint8:

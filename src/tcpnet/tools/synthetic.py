@@ -469,7 +469,9 @@ def make_synthetic_dataset(
 ) -> SyntheticDataset:
     """Generate the synthetic order-dependent dataset in ``out_dir`` (or reuse it if a complete one
     with the same settings is there); see the module docstring for the layout and classes.
-    Videos are intra-only H.264 at constant quantiser ``qp`` (see ``write_clip``)."""
+    Videos are intra-only H.264 at constant quantiser ``qp`` (see ``write_clip``). A folder that
+    holds a dataset of other settings, or an unreadable manifest, is a ``FileExistsError`` unless
+    ``overwrite``."""
     t0 = time.perf_counter()
     _check_num_classes(num_classes)
     names = _check_class_names(classes if classes is not None else default_class_names(num_classes),
@@ -499,8 +501,9 @@ def make_synthetic_dataset(
     if manifest_file.exists() and not overwrite:
         try:
             old = json.loads(manifest_file.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{manifest_file}: not valid JSON ({e}); pass overwrite=True to regenerate") from e
+        except json.JSONDecodeError as e:  # FileExistsError: a folder that holds something else
+            raise FileExistsError(f"{manifest_file}: not valid JSON ({e}); pass overwrite=True "
+                                  f"(tcpnet synth --overwrite) to regenerate") from e
         old_settings = {k: v for k, v in old.items() if k not in ("complete", "seconds")}
         stale = old.get("format") == settings["format"] and old.get("generator_version") != GENERATOR_VERSION
         if stale and _drop_codec(old_settings) == _drop_codec(settings):
@@ -512,7 +515,8 @@ def make_synthetic_dataset(
         elif old_settings != settings:
             diff = sorted(k for k in set(old_settings) | set(settings) if old_settings.get(k) != settings.get(k))
             raise FileExistsError(f"{root}: holds a synthetic dataset with different settings "
-                                  f"(differs in {diff}); pass overwrite=True or use another out_dir")
+                                  f"(differs in {diff}); pass overwrite=True (tcpnet synth --overwrite) "
+                                  f"or use another out_dir")
         elif old.get("complete") and all(p.exists() for p in files.values()):
             logger.info("synthetic dataset at %s already exists with the same settings: reusing it", root)
             return SyntheticDataset(root=root, **files, class_names=names, num_videos=counts, reused=True,

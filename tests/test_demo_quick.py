@@ -1,0 +1,48 @@
+"""`tcpnet demo` reuses or regenerates its own synthetic data: running it again, or after a quick
+run, or over a folder with other settings never stops with "pass overwrite=True" (an option the
+command does not have)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tcpnet.engine.demo import make_demo_data
+
+TINY = dict(num_classes=2, train_per_class=1, val_per_class=1, num_frames=4, size=16)
+
+
+def _videos(root):
+    return {p: p.stat().st_mtime_ns for p in sorted(root.rglob("*.mp4"))}
+
+
+def test_second_run_reuses_the_data(tmp_path):
+    for quick in (True, False):
+        first = make_demo_data(tmp_path, quick, data_settings=TINY)
+        before = _videos(first)
+        again = make_demo_data(tmp_path, quick, data_settings=TINY)
+        assert again == first and _videos(again) == before and len(before) == 4
+    assert {p.name for p in tmp_path.iterdir()} == {"data", "data_quick"}  # a quick run keeps to its own
+
+
+def test_data_of_other_settings_or_a_broken_manifest_is_regenerated(tmp_path, capsys):
+    make_demo_data(tmp_path, data_settings=dict(TINY, num_frames=6))  # e.g. written by an older quick run
+    data = make_demo_data(tmp_path, data_settings=TINY)
+    assert json.loads((data / "manifest.json").read_text())["num_frames"] == 4
+    assert "regenerating" in capsys.readouterr().out
+    (data / "manifest.json").write_text("{not json")
+    make_demo_data(tmp_path, data_settings=TINY)
+    assert json.loads((data / "manifest.json").read_text())["complete"] is True
+
+
+@pytest.mark.slow
+def test_quick_demo_cli_twice_in_the_same_folder(tmp_path):
+    """`tcpnet demo --quick --out D` twice (1 iteration per epoch): the second run reuses D/data_quick."""
+    cmd = [sys.executable, "-m", "tcpnet", "demo", "--quick", "--out", "D", "train.max_iters_per_epoch=1"]
+    for _ in range(2):
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "overwrite" not in proc.stdout + proc.stderr and "within-pair" in proc.stdout
+    assert json.loads((tmp_path / "D/results.json").read_text())["quick"] is True
