@@ -370,3 +370,19 @@ def test_output_dir_problems_are_found_before_training(tiny_data, tmp_path, monk
                                               r"device\); the previous last\.pt is intact"):
         train(_cfg(tiny_data, out))
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+
+
+def test_each_elastic_attempt_has_its_own_store_keys(monkeypatch):
+    """torchrun's store survives a restart: without a per-attempt prefix a restarted rank reads its
+    peer's address from the dead attempt and gloo fails with "Connection refused"."""
+    import torch.distributed as dist
+
+    from tcpnet.engine.distributed import _per_attempt
+    store = dist.HashStore()
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    _per_attempt(store).set("default_pg/0//rank_1", "port-of-the-dead-attempt")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    second = _per_attempt(store)
+    assert not second.check(["default_pg/0//rank_1"])
+    second.set("default_pg/0//rank_1", "live")
+    assert second.get("default_pg/0//rank_1") == b"live"

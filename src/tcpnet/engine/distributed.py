@@ -42,6 +42,13 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
+def _per_attempt(store: dist.Store) -> dist.Store:
+    """torchrun's agent store outlives an elastic restart, and the process group writes the same keys
+    (each rank's connection address) in every attempt: a restarted rank could read its peer's address
+    from the dead attempt ("Connection refused"). One key prefix per restart keeps attempts apart."""
+    return dist.PrefixStore(f"tcpnet/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); else a 1-process info."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -52,7 +59,8 @@ def init_distributed(device: str = "auto") -> DistInfo:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group(backend=backend)
+        store, _, _ = next(dist.rendezvous("env://"))
+        dist.init_process_group(backend=backend, store=_per_attempt(store), rank=rank, world_size=world_size)
         logger.info("process group: backend=%s rank=%d/%d device=%s", backend, rank, world_size, dev)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
