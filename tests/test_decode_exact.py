@@ -135,7 +135,7 @@ def test_mismatch_after_a_light_open_reprobes_instead_of_falling_back(tmp_path, 
     ref = decode_all(path)
     opened = []
     original_open, original_read = video_mod._open, video_mod._Reader.read_planned
-    monkeypatch.setattr(video_mod, "_open", lambda p, light=False: (opened.append(light), original_open(p, light))[1])
+    monkeypatch.setattr(video_mod, "_open", lambda p, light=False, **kw: (opened.append(light), original_open(p, light, **kw))[1])
 
     def read_planned(self, source, strategy, skip_nonref):
         if opened[-1]:  # pretend a light open misled the decoder

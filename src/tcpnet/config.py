@@ -56,6 +56,7 @@ class DataConfig:
     check_files: bool = True            # before training/testing, fail listing every missing video
     reader: str = "pyav"                # pyav | torchcodec (exact mode; needs torchcodec + system FFmpeg)
     cache_decoded_mb: int = 0           # decoded videos kept in memory, MiB per process (0: off; tcpnet.data.cache)
+    decode_timeout: Optional[float] = 60.0  # seconds one video may take to read (null: no limit); past it, a bad video
 
 
 @dataclass
@@ -192,6 +193,8 @@ def _validate(cfg: Config, source: str) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{source}: {key} must be >= 1, got {value}")
+    if cfg.data.decode_timeout is not None and not cfg.data.decode_timeout > 0:
+        raise ConfigError(f"{source}: data.decode_timeout must be > 0 seconds or null, got {cfg.data.decode_timeout}")
     if cfg.data.cache_decoded_mb < 0:
         raise ConfigError(f"{source}: data.cache_decoded_mb must be >= 0, got {cfg.data.cache_decoded_mb}")
     if not 0.0 <= cfg.model.dropout < 1.0:

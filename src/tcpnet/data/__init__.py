@@ -10,6 +10,7 @@ _LAZY = {
     "probe": "tcpnet.data.clip",
     "VideoInfo": "tcpnet.data.records",
     "DecodeError": "tcpnet.data.errors",
+    "DecodeTimeout": "tcpnet.data.errors",
     "FrameIndexError": "tcpnet.data.errors",
     "FrameSampler": "tcpnet.data.samplers",
     "TSNTrainSampler": "tcpnet.data.samplers",

@@ -161,7 +161,7 @@ def build_datasets(data_cfg: DataConfig, records: Dict[str, Sequence], input_con
                 num_segments=num_segments, flip=data_cfg.flip, num_classes=num_classes,
                 multi_label=data_cfg.multi_label, frame_template=data_cfg.frame_template, seed=seed,
                 max_consecutive_failures=max_consecutive_failures, reader=data_cfg.reader,
-                decoded_cache_bytes=data_cfg.cache_decoded_mb * 2**20)
+                decoded_cache_bytes=data_cfg.cache_decoded_mb * 2**20, decode_timeout=data_cfg.decode_timeout)
             for subset, recs in records.items()}
 
 
@@ -174,7 +174,7 @@ def build_test_dataset(data_cfg: DataConfig, records: Sequence, input_config: In
         records, data_cfg.root, resolve_input_config(data_cfg, input_config), mode="test", views=views,
         num_segments=num_segments, num_classes=num_classes, multi_label=data_cfg.multi_label,
         frame_template=data_cfg.frame_template, min_frames=0, reader=data_cfg.reader,
-        decoded_cache_bytes=data_cfg.cache_decoded_mb * 2**20)
+        decoded_cache_bytes=data_cfg.cache_decoded_mb * 2**20, decode_timeout=data_cfg.decode_timeout)
 
 
 class IndexedSubset(Dataset):

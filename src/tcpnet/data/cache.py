@@ -62,10 +62,12 @@ class DecodedVideoCache:
         self.nbytes = 0
 
     def load(self, path: PathLike, indices: Indices, *, frame_template: str = DEFAULT_FRAME_TEMPLATE,
-             threads: Optional[int] = None, reader: str = "pyav") -> torch.Tensor:
+             threads: Optional[int] = None, reader: str = "pyav",
+             timeout: Optional[float] = None) -> torch.Tensor:
         """Frames ``indices`` of ``path`` as ``load_clip`` gives them, from the cache when held."""
         def read(wanted: Indices) -> torch.Tensor:
-            return load_clip(path, wanted, frame_template=frame_template, threads=threads, reader=reader)
+            return load_clip(path, wanted, frame_template=frame_template, threads=threads, reader=reader,
+                             timeout=timeout)
 
         key = _key(path, frame_template, reader)
         if key is None:  # cannot stat: the reader says why, in its own words
@@ -149,10 +151,11 @@ def clear_shared_cache() -> None:
 
 def load_clip_cached(path: PathLike, indices: Indices, *, max_bytes: int,
                      frame_template: str = DEFAULT_FRAME_TEMPLATE, threads: Optional[int] = None,
-                     reader: str = "pyav") -> torch.Tensor:
+                     reader: str = "pyav", timeout: Optional[float] = None) -> torch.Tensor:
     """:func:`~tcpnet.data.load_clip` through this process's cache of at most ``max_bytes``
     (plain ``load_clip`` inside a DataLoader worker, see the module docstring)."""
     if torch.utils.data.get_worker_info() is not None:
-        return load_clip(path, indices, frame_template=frame_template, threads=threads, reader=reader)
+        return load_clip(path, indices, frame_template=frame_template, threads=threads, reader=reader,
+                         timeout=timeout)
     return shared_cache(max_bytes).load(path, indices, frame_template=frame_template, threads=threads,
-                                        reader=reader)
+                                        reader=reader, timeout=timeout)

@@ -8,13 +8,14 @@ if every frame had been decoded in order.
 from __future__ import annotations
 
 import os
+import time
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from tcpnet.config import READERS  # video decoders behind load_clip (frame folders: PIL)
-from tcpnet.data.errors import DecodeError, FrameIndexError
+from tcpnet.data.errors import DecodeError, DecodeTimeout, FrameIndexError
 from tcpnet.data.records import PathLike, VideoInfo
 
 # The errors and VideoInfo are defined in their own modules and re-exported here with load_clip.
@@ -46,6 +47,7 @@ def load_clip(
     frame_template: str = DEFAULT_FRAME_TEMPLATE,
     threads: Optional[int] = None,
     reader: str = "pyav",
+    timeout: Optional[float] = None,
 ) -> torch.Tensor:
     """Frames `indices` (0-based, any order, repeats allowed) of a video file or frame folder.
 
@@ -53,11 +55,15 @@ def load_clip(
     `frame_template` (e.g. img_00001.jpg). `threads` is the FFmpeg decoder thread count
     (None: 1 inside a DataLoader worker, else FFmpeg's automatic choice). `reader` decodes video
     files: "pyav" (default) or "torchcodec" (optional package, needs a system FFmpeg; exact mode).
-    Raises DecodeError (unreadable input) or FrameIndexError (index out of range).
+    `timeout`: seconds the read may take (None: no limit). The PyAV reader checks it at every
+    packet and frame and interrupts FFmpeg's I/O; torchcodec and frame folders are checked once
+    they return. Raises DecodeError (unreadable input), DecodeTimeout (deadline passed) or
+    FrameIndexError (index out of range).
     """
     if reader not in READERS:
         raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
     array = _as_indices(path, indices)
+    start = time.monotonic()
     if os.path.isdir(path):
         from tcpnet.data.frames import read_frame_folder
 
@@ -65,11 +71,15 @@ def load_clip(
     elif reader == "torchcodec":
         from tcpnet.data.torchcodec_reader import read_video as read_with_torchcodec
 
-        clip = read_with_torchcodec(path, array, threads=threads)
+        clip = read_with_torchcodec(path, array, threads=threads, timeout=timeout)
     else:
         from tcpnet.data.video import read_video
 
-        clip = read_video(path, array, threads=threads)
+        clip = read_video(path, array, threads=threads, timeout=timeout)
+    took = time.monotonic() - start
+    if timeout is not None and took > timeout:  # readers that cannot be interrupted
+        raise DecodeTimeout(path, f"reading took {took:.1f} s, longer than the {timeout:g} s deadline "
+                                  f"(data.decode_timeout)")
     return torch.from_numpy(clip)
 
 

@@ -97,6 +97,7 @@ class VideoDataset(Dataset):
         decode_threads: Optional[int] = None,
         reader: str = "pyav",
         decoded_cache_bytes: int = 0,
+        decode_timeout: Optional[float] = None,
     ) -> None:
         if sampler is None:
             raise TypeError("VideoDataset: a sampler is required (e.g. tcpnet.data.TSNTrainSampler(8))")
@@ -112,6 +113,8 @@ class VideoDataset(Dataset):
             raise ValueError(f"{getattr(records, 'source', None) or 'VideoDataset'}: no records")
         if reader not in READERS:
             raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
+        if decode_timeout is not None and not decode_timeout > 0:
+            raise ValueError(f"decode_timeout must be > 0 seconds or None, got {decode_timeout}")
         if reader == "torchcodec":  # fail here, not in every worker
             from tcpnet.data.torchcodec_reader import unavailable_reason
 
@@ -134,6 +137,7 @@ class VideoDataset(Dataset):
         self.decode_threads = decode_threads
         self.reader = reader
         self.decoded_cache_bytes = int(decoded_cache_bytes)
+        self.decode_timeout = decode_timeout
         self.num_clips = int(getattr(sampler, "num_clips", 1))
         # Shared between the main process and DataLoader workers (see the module docstring).
         n = len(self.records)
@@ -273,10 +277,10 @@ class VideoDataset(Dataset):
         if self.decoded_cache_bytes:
             clip = load_clip_cached(path, indices, max_bytes=self.decoded_cache_bytes,
                                     frame_template=self.frame_template, threads=self.decode_threads,
-                                    reader=self.reader)
+                                    reader=self.reader, timeout=self.decode_timeout)
         else:
             clip = load_clip(path, indices, frame_template=self.frame_template, threads=self.decode_threads,
-                             reader=self.reader)
+                             reader=self.reader, timeout=self.decode_timeout)
         if self.transform is not None:
             clip = self.transform(clip, rng) if isinstance(self.transform, ClipTransform) else self.transform(clip)
         if clip.dtype != torch.uint8:

@@ -7,7 +7,7 @@ from typing import Optional, Union
 
 from tcpnet.data.records import PathLike
 
-__all__ = ["DecodeError", "FrameIndexError"]
+__all__ = ["DecodeError", "DecodeTimeout", "FrameIndexError"]
 
 
 class DecodeError(RuntimeError):
@@ -40,3 +40,8 @@ class FrameIndexError(DecodeError, IndexError):
 
     def __reduce__(self):
         return (type(self), (self.path, self.index, self.num_frames))
+
+
+class DecodeTimeout(DecodeError):
+    """Reading a file took longer than its deadline (``data.decode_timeout``): a file that makes the
+    demuxer or decoder crawl is a bad video like a corrupt one, not a stalled job."""

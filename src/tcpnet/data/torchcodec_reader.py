@@ -52,7 +52,8 @@ def _decoder_class():
     return VideoDecoder
 
 
-def read_video(path: PathLike, indices: np.ndarray, *, threads: Optional[int] = None) -> np.ndarray:
+def read_video(path: PathLike, indices: np.ndarray, *, threads: Optional[int] = None,
+               timeout: Optional[float] = None) -> np.ndarray:
     """Frames `indices` (0-based) of a video file as a (T, H, W, 3) uint8 array, decoded by torchcodec."""
     VideoDecoder = _decoder_class()
     path = os.path.abspath(os.fspath(path))
@@ -65,7 +66,7 @@ def read_video(path: PathLike, indices: np.ndarray, *, threads: Optional[int] = 
     if wanted[0] < 0:
         raise FrameIndexError(path, int(wanted[0]), index.num_frames)
     if not index.reliable or key in _pyav_files:  # frames are counted, not indexed by pts
-        return _pyav.read_video(path, indices, threads=threads)
+        return _pyav.read_video(path, indices, threads=threads, timeout=timeout)
     if wanted[-1] >= len(index.pts):
         raise FrameIndexError(path, int(wanted[-1]), len(index.pts))
     if threads is None:
@@ -78,13 +79,13 @@ def read_video(path: PathLike, indices: np.ndarray, *, threads: Optional[int] = 
         frames = batch.data.numpy()
         got = batch.pts_seconds.numpy().astype(np.float64)
     except Exception as err:  # torchcodec raises RuntimeError/ValueError/IndexError
-        return _fallback(path, key, indices, threads, f"torchcodec failed ({type(err).__name__}: {err})")
+        return _fallback(path, key, indices, threads, timeout, f"torchcodec failed ({type(err).__name__}: {err})")
     tick = float(index.time_base)
     expected = index.pts[wanted].astype(np.float64) * tick
     bad = np.flatnonzero(np.abs(got - expected) > tick / 2)
     if bad.size:
         i = int(bad[0])
-        return _fallback(path, key, indices, threads,
+        return _fallback(path, key, indices, threads, timeout,
                          f"torchcodec gave the frame shown at {got[i]:.3f} s for frame {int(wanted[i])}, "
                          f"which is shown at {expected[i]:.3f} s")
     if len(wanted) == len(indices) and np.array_equal(wanted, indices):
@@ -92,8 +93,9 @@ def read_video(path: PathLike, indices: np.ndarray, *, threads: Optional[int] = 
     return frames[inverse]
 
 
-def _fallback(path: str, key: tuple, indices: np.ndarray, threads: Optional[int], why: str) -> np.ndarray:
+def _fallback(path: str, key: tuple, indices: np.ndarray, threads: Optional[int], timeout: Optional[float],
+              why: str) -> np.ndarray:
     log.warning("%s: %s; reading this file with PyAV from now on", path, why)
     counters["torchcodec_fallbacks"] += 1
     _pyav_files.add(key)
-    return _pyav.read_video(path, indices, threads=threads)
+    return _pyav.read_video(path, indices, threads=threads, timeout=timeout)

@@ -13,6 +13,12 @@ context) serves the whole clip. Every frame the decoder outputs is checked again
 (its pts must be the next expected one, given what was skipped); any disagreement (missing or
 repeated pts, frames the decoder drops) switches the file to plain decode-from-start-and-count,
 which is the definition.
+
+A read can be given a wall-clock budget (`timeout`, `data.decode_timeout`): it is checked at every
+packet and frame, and FFmpeg's own I/O is interrupted when it runs out, so a file that makes the
+demuxer or decoder crawl ends in a DecodeTimeout naming it. Frames come out in display
+orientation: a rotation in the file's display matrix (phones write -90) is applied in steps of
+90 degrees, as players and the other decoders (torchcodec, decord) do.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import collections
 import itertools
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -28,7 +35,7 @@ import av
 import av.video.reformatter
 import numpy as np
 
-from tcpnet.data.errors import DecodeError, FrameIndexError
+from tcpnet.data.errors import DecodeError, DecodeTimeout, FrameIndexError
 from tcpnet.data.records import PathLike, VideoInfo
 
 log = logging.getLogger(__name__)
@@ -92,6 +99,7 @@ class VideoIndex:
     nonref: Optional[np.ndarray] = field(default=None, repr=False)
     time_base: Optional[Fraction] = None  # of the pts
     light_probe: bool = True  # opening with a light probe (see _open) works for this file
+    rotation: Optional[int] = None  # quarter turns (counter-clockwise) to display; None: no frame decoded yet
 
     @property
     def num_frames(self) -> Optional[int]:
@@ -102,6 +110,42 @@ class VideoIndex:
 
 class _IndexMismatch(Exception):
     """The decoder's output disagrees with the packet index (internal; triggers the fallback)."""
+
+
+class _Deadline:
+    """The wall-clock budget of one read (None: unlimited), checked at every packet and frame."""
+
+    __slots__ = ("path", "seconds", "end")
+
+    def __init__(self, path: str, seconds: Optional[float]):
+        self.path, self.seconds = path, seconds
+        self.end = None if seconds is None else time.monotonic() + seconds
+
+    def check(self, where: str, n: Optional[int] = None) -> None:
+        """DecodeTimeout past the deadline; `where` (and `n`) say where it stopped (no per-call formatting)."""
+        if self.end is not None and time.monotonic() > self.end:
+            raise DecodeTimeout(self.path, f"reading took longer than the {self.seconds:g} s deadline "
+                                           f"(data.decode_timeout); stopped {where}{'' if n is None else f' {n}'}")
+
+    def io_timeout(self) -> Optional[float]:
+        """Seconds FFmpeg may wait in one I/O call (its interrupt callback; None: no limit)."""
+        return None if self.end is None else max(0.001, self.end - time.monotonic())
+
+
+_UNLIMITED = _Deadline("", None)
+
+
+def _quarter_turns(frame: av.VideoFrame, path: str) -> int:
+    """Counter-clockwise quarter turns that bring a decoded frame to display orientation."""
+    degrees = frame.rotation
+    if not degrees:
+        return 0
+    turns = round(degrees / 90)
+    if abs(degrees - 90 * turns) > 0.01:
+        log.warning("%s: display rotation of %g degrees is not a multiple of 90; frames are returned "
+                    "in coded orientation", path, degrees)
+        return 0
+    return turns % 4
 
 
 # MP4/MOV headers give the frame size, yet FFmpeg's stream probe also decodes the first frame
@@ -117,22 +161,27 @@ def _light_applies(path: str) -> bool:
     return path.lower().endswith(_LIGHT_PROBE_SUFFIXES)
 
 
-def _open(path: str, light: bool = False) -> av.container.InputContainer:
+def _open(path: str, light: bool = False, deadline: _Deadline = _UNLIMITED) -> av.container.InputContainer:
     counters["opens"] += 1
     light = light and _light_applies(path)
     try:
-        container = av.open(path, options={"skip_frame": "all"} if light else None)
+        container = av.open(path, options={"skip_frame": "all"} if light else None, timeout=deadline.io_timeout(),
+                            metadata_errors="replace")  # tags in a corrupt header need not be UTF-8
     except _AV_ERRORS as err:
+        deadline.check("while opening the file")
         reason = getattr(err, "strerror", None) or err
         raise DecodeError(path, f"cannot open as a video: {reason} (not a video file, or truncated?)") from err
     if not container.streams.video:
         container.close()
         raise DecodeError(path, "no video stream")
+    if container.streams.video[0].codec_context is None:
+        container.close()
+        raise DecodeError(path, "the video stream's codec is unknown to FFmpeg (corrupt header?)")
     if light:
         ctx = container.streams.video[0].codec_context
         if not (container.format.name.startswith("mov") and ctx.width and ctx.height):
             container.close()
-            return _open(path)
+            return _open(path, deadline=deadline)
     return container
 
 
@@ -182,7 +231,8 @@ def _nonref_parser(codec: str, ctx):
 # ------------------------------------------------------------------ index
 
 
-def _scan(container, path: str, keep_packets: bool) -> Tuple[VideoIndex, Optional[List[av.Packet]]]:
+def _scan(container, path: str, keep_packets: bool,
+          deadline: _Deadline = _UNLIMITED) -> Tuple[VideoIndex, Optional[List[av.Packet]]]:
     """Demux every packet of the first video stream (no decoding); the index, and the packets
     themselves (decode order) when `keep_packets`."""
     stream = container.streams.video[0]
@@ -199,6 +249,7 @@ def _scan(container, path: str, keep_packets: bool) -> Tuple[VideoIndex, Optiona
         for packet in container.demux(stream):
             if packet.size == 0:  # the end-of-stream flush packet
                 continue
+            deadline.check("indexing packet", len(pts_at))
             if packet.is_corrupt:
                 raise DecodeError(path, f"truncated or corrupt data in video packet "
                                         f"{len(pts_at)} (byte offset {packet.pos})")
@@ -212,6 +263,7 @@ def _scan(container, path: str, keep_packets: bool) -> Tuple[VideoIndex, Optiona
             if kept is not None:
                 kept.append(packet)
     except _AV_ERRORS as err:
+        deadline.check("indexing packet", len(pts_at))
         raise DecodeError(path, f"demuxing failed after {len(pts_at)} packets ({err})") from err
     if not shown_pos:
         raise DecodeError(path, "the video stream has no frames")
@@ -329,15 +381,16 @@ class _MemorySource:
 class _SeekSource:
     """Packets demuxed from the file, with demuxer seeks to keyframes (files too large to hold)."""
 
-    def __init__(self, index: VideoIndex):
+    def __init__(self, index: VideoIndex, deadline: _Deadline = _UNLIMITED):
         self.index = index
+        self.deadline = deadline
         self.container = None
         self.fresh = False
         self.ctx = None
 
     def _reopen(self) -> None:
         self.close()
-        self.container = _open(self.index.path, light=self.index.light_probe)
+        self.container = _open(self.index.path, light=self.index.light_probe, deadline=self.deadline)
         self.ctx = self.container.streams.video[0].codec_context
         self.fresh = True
 
@@ -348,6 +401,7 @@ class _SeekSource:
                 if packet.size:
                     yield packet
         except _AV_ERRORS as err:
+            self.deadline.check("while reading packets")
             raise DecodeError(self.index.path, f"reading packets failed ({err})") from err
 
     def start(self, key: int) -> Tuple[int, int, Iterator[av.Packet]]:
@@ -429,8 +483,10 @@ def _plan(index: VideoIndex, wanted: List[int], strategy: str, cost: np.ndarray)
 class _Reader:
     """Decodes the wanted frames (sorted, distinct) of one file into one uint8 array."""
 
-    def __init__(self, index: VideoIndex, wanted: List[int], threads: int):
+    def __init__(self, index: VideoIndex, wanted: List[int], threads: int, deadline: _Deadline = _UNLIMITED):
         self.index = index
+        self.deadline = deadline
+        self.turns: Optional[int] = None  # display rotation, read from the first frame
         self.path = index.path
         self.wanted = wanted
         self.row = {w: i for i, w in enumerate(wanted)}
@@ -440,7 +496,11 @@ class _Reader:
         self.sws_threads = 1 if threads == 1 else 0
 
     def store(self, i: int, frame: av.VideoFrame) -> None:
+        if self.turns is None:
+            self.turns = self.index.rotation = _quarter_turns(frame, self.path)
         rgb = self.converter.reformat(frame, format="rgb24", threads=self.sws_threads).to_ndarray()
+        if self.turns:
+            rgb = np.rot90(rgb, self.turns)
         if self.out is None:
             self.out = np.empty((len(self.wanted),) + rgb.shape, dtype=np.uint8)
         elif rgb.shape != self.out.shape[1:]:
@@ -456,6 +516,7 @@ class _Reader:
         try:
             return ctx.decode(packet)
         except _AV_ERRORS as err:
+            self.deadline.check("while decoding")
             if packet is None:
                 raise DecodeError(self.path, f"cannot drain the decoder ({err})") from err
             raise DecodeError(self.path, f"cannot decode the packet with pts {packet.pts} ({err})") from err
@@ -526,8 +587,10 @@ class _Reader:
                 self.store(i, frame)
                 pending.discard(i)
 
+        check = self.deadline.check
         try:
             for packet in packets:
+                check("at packet", j)
                 pts = packet.pts
                 if pts_at[j] != (_NO_PTS if pts is None else pts):
                     raise _IndexMismatch(f"packet {j} has pts {packet.pts}, the index says {pts_at[j]}")
@@ -566,7 +629,7 @@ class _Reader:
         last = self.wanted[-1] if self.wanted else None
         count = 0
         keys: List[int] = []
-        with _open(self.path) as container:
+        with _open(self.path, deadline=self.deadline) as container:
             stream = container.streams.video[0]
             ctx = stream.codec_context
             self.configure(ctx)
@@ -577,12 +640,14 @@ class _Reader:
                         if packet.size:
                             yield from self.decode(ctx, packet)
                 except _AV_ERRORS as err:  # demuxing errors
+                    self.deadline.check("near frame", count)
                     raise DecodeError(self.path, f"reading packets failed near frame {count} ({err})") from err
                 yield from self.decode(ctx, None)
 
             gen = frames()
             try:
                 for frame in gen:
+                    self.deadline.check("at frame", count)
                     counters["frames"] += 1
                     if frame.key_frame:
                         keys.append(count)
@@ -603,17 +668,19 @@ class _Reader:
 
 
 def read_video(path: PathLike, indices: np.ndarray, *, threads: Optional[int] = None,
-               strategy: str = "auto", skip_nonref: bool = True) -> np.ndarray:
+               strategy: str = "auto", skip_nonref: bool = True, timeout: Optional[float] = None) -> np.ndarray:
     """Frames `indices` (0-based) of a video file as a (T, H, W, 3) uint8 array.
 
     `strategy`: "auto" (plan restarts at keyframes vs decoding forward), "seek" (restart before
     every wanted frame), "forward" (never restart), "sequential" (decode from the start
     counting frames); all exact. `skip_nonref`: let the decoder skip non-reference pictures
     that no wanted frame needs (H.264); the wanted frames are bit-identical either way.
+    `timeout`: seconds the whole read may take (None: no limit); past it, DecodeTimeout.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     path = os.path.abspath(os.fspath(path))
+    deadline = _Deadline(path, timeout)
     key = _stat(path)
     if threads is None:
         threads = _default_threads()
@@ -626,8 +693,8 @@ def read_video(path: PathLike, indices: np.ndarray, *, threads: Optional[int] = 
         container = packets = None
         try:
             if index is None or (in_memory and index.reliable):
-                container = _open(path, light=light)
-                scanned, packets = _scan(container, path, keep_packets=in_memory)
+                container = _open(path, light=light, deadline=deadline)
+                scanned, packets = _scan(container, path, keep_packets=in_memory, deadline=deadline)
                 if index is None or scanned.num_packets != index.num_packets:
                     scanned.light_probe = light
                     index = scanned
@@ -637,7 +704,8 @@ def read_video(path: PathLike, indices: np.ndarray, *, threads: Optional[int] = 
                     container = None
             if wanted is None:
                 if indices.size == 0:
-                    return np.empty((0, index.height, index.width, 3), dtype=np.uint8)
+                    size = (index.width, index.height) if (index.rotation or 0) % 2 else (index.height, index.width)
+                    return np.empty((0, *size, 3), dtype=np.uint8)
                 wanted, inverse = np.unique(indices, return_inverse=True)
                 if wanted[0] < 0:
                     raise FrameIndexError(index.path, int(wanted[0]), index.num_frames)
@@ -646,9 +714,10 @@ def read_video(path: PathLike, indices: np.ndarray, *, threads: Optional[int] = 
                     raise FrameIndexError(index.path, int(wanted[-1]), num_frames)
             if not index.reliable or strategy == "sequential":
                 break
-            source = _MemorySource(index, container, packets) if container is not None else _SeekSource(index)
+            source = (_MemorySource(index, container, packets) if container is not None
+                      else _SeekSource(index, deadline))
             try:
-                frames = _Reader(index, wanted.tolist(), threads).read_planned(source, strategy, skip_nonref)
+                frames = _Reader(index, wanted.tolist(), threads, deadline).read_planned(source, strategy, skip_nonref)
                 break
             except _IndexMismatch as err:
                 if light and _light_applies(path):
@@ -666,7 +735,7 @@ def read_video(path: PathLike, indices: np.ndarray, *, threads: Optional[int] = 
             if container is not None:
                 container.close()
     if frames is None:
-        frames = _Reader(index, wanted.tolist(), threads).read_sequential()
+        frames = _Reader(index, wanted.tolist(), threads, deadline).read_sequential()
     if len(wanted) == len(indices) and np.array_equal(wanted, indices):
         return frames
     return frames[inverse]
