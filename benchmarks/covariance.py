@@ -190,7 +190,17 @@ def bench_pooling(cases, repeats: int, peak: float, published_max_b: int, clock:
     )
 
 
-def bench_heads(b: int, t: int, hw: int, repeats: int, clock: str) -> str:
+def fwd_bwd_flops(run) -> int:
+    """FLOPs of one call of ``run`` (forward + backward) as torch's FlopCounterMode counts them
+    (matmuls and convolutions: the floor no implementation can go under)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops()
+
+
+def bench_heads(b: int, t: int, hw: int, repeats: int, clock: str, peak: float) -> str:
     try:
         from tcpnet.heads import GAPHead, TCPHead
     except ImportError as err:  # the heads are written separately; report instead of failing
@@ -207,9 +217,13 @@ def bench_heads(b: int, t: int, hw: int, repeats: int, clock: str) -> str:
 
         t_med, _ = median_time(lambda: (reset(), run()), repeats=repeats, warmup=1, clock=clock)
         mem = peak_tensor_memory(run, setup=reset)
+        reset()
+        floor = fwd_bwd_flops(run) / (peak * 1e9)  # seconds at the measured matmul peak
         base = base or t_med
-        rows.append([f"(B*T,2048,{hw},{hw}) B={b} T={t}", name, f"{t_med * 1e3:.1f}", mib(mem), f"{t_med / base:.1f}"])
-    return format_table(["features", "head", "fwd+bwd ms", "peak MiB", "time / GAP"], rows)
+        rows.append([f"(B*T,2048,{hw},{hw}) B={b} T={t}", name, f"{t_med * 1e3:.1f}", mib(mem), f"{t_med / base:.1f}",
+                     f"{floor * 1e3:.1f}", f"{t_med / floor:.1f}" if floor else "-"])
+    return format_table(["features", "head", "fwd+bwd ms", "peak MiB", "time / GAP", "FLOP floor ms",
+                         "time / floor"], rows)
 
 
 def main() -> None:
@@ -244,7 +258,9 @@ def main() -> None:
     print("peak MiB = peak tensor bytes allocated during one fwd+bwd (profiler allocator events), input excluded\n")
     print(bench_pooling(cases, repeats, peak, published_max_b, args.clock))
     print()
-    print(bench_heads(*head_shape, repeats=repeats, clock=args.clock))
+    print(bench_heads(*head_shape, repeats=repeats, clock=args.clock, peak=peak))
+    print("FLOP floor = forward+backward FLOPs (torch FlopCounterMode: matmuls, convolutions) at the measured "
+          "matmul peak")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,8 @@ class VideoDataset(Dataset):
     ``reader``: the video decoder, "pyav" (default) or "torchcodec" (optional; exact mode).
     ``decoded_cache_bytes``: keep whole decoded videos in this process's memory, up to this many
     bytes, and read later clips of them from there (0: off; see :mod:`tcpnet.data.cache`).
+    ``decode_timeout``: seconds one video may take to read (``None``: no limit); past it the read
+    stops with :class:`~tcpnet.data.DecodeTimeout`, a bad video like a corrupt one.
     """
 
     def __init__(
