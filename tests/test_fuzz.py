@@ -4,6 +4,7 @@ frames or in a DecodeError naming the file, within the deadline, in the main pro
 DataLoader workers; a read past its deadline is cut short with DecodeTimeout."""
 import collections
 import os
+import re
 import time
 import traceback
 from pathlib import Path
@@ -167,10 +168,10 @@ def test_a_read_past_its_deadline_is_cut_short_and_names_the_file(long_video):
         read_video(long_video, [239], threads=1, strategy="sequential", timeout=0.02)
     with pytest.raises(DecodeTimeout, match=r"stopped (at packet|indexing packet) \d+"):
         read_video(long_video, [239], threads=1, timeout=1e-9)
-    start = time.monotonic()
-    with pytest.raises(DecodeTimeout):
+    with pytest.raises(DecodeTimeout, match=r"stopped at frame (\d+)") as err:
         read_video(long_video, [239], threads=1, strategy="sequential", timeout=baseline / 10)
-    assert time.monotonic() - start < baseline / 2  # stopped near the deadline, not at the end
+    stopped = int(re.search(r"stopped at frame (\d+)", str(err.value)).group(1))
+    assert stopped < 200  # near the deadline (about frame 24), not at the end of the video
     np.testing.assert_array_equal(read_video(long_video, [239], threads=1, strategy="sequential",
                                              timeout=60.0), full)  # a deadline never changes frames
 
@@ -183,7 +184,8 @@ def test_a_timed_out_video_is_a_bad_video_in_training_and_an_error_in_test(long_
                                      max_consecutive_failures=3, return_uint8=True)
     with pytest.raises(RuntimeError, match="3 consecutive videos failed"):
         train[0]
-    assert {b.path for b in train.bad_items()} <= {str(long_video), str(good)}
+    bad = {b.path for b in train.bad_items()}
+    assert str(long_video) in bad and bad <= {str(long_video), str(good)}
     test = VideoDataset.from_config(records, "", cfg, mode="test", decode_timeout=1e-9)
     with pytest.raises(DecodeTimeout, match=str(long_video)):
         test[0]
@@ -234,3 +236,4 @@ def test_rotation_matches_torchcodec(tmp_path):
     ours = load_clip(rotated, [0, 7]).numpy()
     theirs = VideoDecoder(str(rotated), seek_mode="exact", dimension_order="NHWC").get_frames_at([0, 7]).data.numpy()
     np.testing.assert_array_equal(ours, theirs)
+    assert load_clip(rotated, [], reader="torchcodec").shape[1:3] == ours.shape[1:3]

@@ -61,7 +61,7 @@ def read_video(path: PathLike, indices: np.ndarray, *, threads: Optional[int] = 
     index = _pyav.get_index(path)  # DecodeError: not a video, truncated, no video stream
     indices = np.asarray(indices, dtype=np.int64)
     if indices.size == 0:
-        return np.empty((0, index.height, index.width, 3), dtype=np.uint8)
+        return _pyav.empty_clip(index)
     wanted, inverse = np.unique(indices, return_inverse=True)
     if wanted[0] < 0:
         raise FrameIndexError(path, int(wanted[0]), index.num_frames)

@@ -135,6 +135,12 @@ class _Deadline:
 _UNLIMITED = _Deadline("", None)
 
 
+def empty_clip(index: VideoIndex) -> np.ndarray:
+    """The (0, H, W, 3) answer to an empty request, in display orientation when it is known."""
+    size = (index.width, index.height) if (index.rotation or 0) % 2 else (index.height, index.width)
+    return np.empty((0, *size, 3), dtype=np.uint8)
+
+
 def _quarter_turns(frame: av.VideoFrame, path: str) -> int:
     """Counter-clockwise quarter turns that bring a decoded frame to display orientation."""
     degrees = frame.rotation
@@ -704,8 +710,7 @@ def read_video(path: PathLike, indices: np.ndarray, *, threads: Optional[int] = 
                     container = None
             if wanted is None:
                 if indices.size == 0:
-                    size = (index.width, index.height) if (index.rotation or 0) % 2 else (index.height, index.width)
-                    return np.empty((0, *size, 3), dtype=np.uint8)
+                    return empty_clip(index)
                 wanted, inverse = np.unique(indices, return_inverse=True)
                 if wanted[0] < 0:
                     raise FrameIndexError(index.path, int(wanted[0]), index.num_frames)
