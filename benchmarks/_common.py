@@ -101,20 +101,36 @@ def mib(nbytes: float) -> str:
     return f"{nbytes / 2**20:.1f}"
 
 
-def interleaved_times(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int):
+def interleaved_times(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int, count_faults: bool = False):
     """Median and min seconds per function, timing them in turns (A B A B ...) so that load from
-    other processes on a shared machine falls on all of them alike."""
+    other processes on a shared machine falls on all of them alike. With ``count_faults``, also the
+    median number of minor page faults per call (memory the call touched that the kernel had to map
+    in; Unix only), as a third dict."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: Dict[str, List[float]] = {k: [] for k in fns}
+    faults: Dict[str, List[int]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             gc.collect()
+            f0 = _minor_faults() if count_faults else 0
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return ({k: statistics.median(v) for k, v in times.items()}, {k: min(v) for k, v in times.items()})
+            if count_faults:
+                faults[name].append(_minor_faults() - f0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in times.items()}
+    if count_faults:
+        return med, best, {k: statistics.median(v) for k, v in faults.items()}
+    return med, best
+
+
+def _minor_faults() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def make_video(path, num_frames: int = 64, height: int = 256, width: int = 340, fps: int = 25):

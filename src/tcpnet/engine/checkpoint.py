@@ -30,7 +30,8 @@ __all__ = ["save_training_checkpoint", "load_training_checkpoint", "capture_rng_
 # Config keys a resumed run may change: the run's length and bookkeeping, never the recipe.
 RESUMABLE_KEYS = ("train.epochs", "train.resume", "train.auto_resume", "train.force_resume",
                   "train.checkpoint_every", "train.log_every", "train.eval_every", "data.num_workers",
-                  "data.cache_decoded_mb", "data.decode_timeout", "test.batch_size", "device")
+                  "data.cache_decoded_mb", "data.decode_timeout", "test.batch_size", "device",
+                  "retain_freed_memory")
 
 _REQUIRED = ("state_dict", "optimizer", "epoch")
 

@@ -32,6 +32,7 @@ from tcpnet.engine.distributed import cleanup_distributed, init_distributed, sha
 from tcpnet.engine.evaluate import FUSIONS, evaluate, fuse_views
 from tcpnet.engine.logs import jsonable
 from tcpnet.engine.metrics import classification_metrics, per_class_accuracy
+from tcpnet.utils.malloc import retain_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +179,8 @@ def run_test(cfg: Config, checkpoints: Union[str, Sequence[str], None] = None,
     if not Path(list_path).exists():
         raise FileNotFoundError(f"{list_path} (data.{subset}_list): test list not found")
 
+    if cfg.retain_freed_memory:  # activations re-used in place instead of page-faulted in every step
+        retain_freed_memory()
     info = init_distributed(cfg.device)
     owns_group = info.world_size > 1
     try:

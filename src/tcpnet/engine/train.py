@@ -47,6 +47,7 @@ from tcpnet.engine.mixup import MixupCutmix
 from tcpnet.engine.optim import base_lr_at, build_optimizer, group_summary, left_out_parameters, set_lr
 from tcpnet.engine.preemption import Preempted, StopSignals, ignore_stop_signals
 from tcpnet.models import build_model, unwrap_model
+from tcpnet.utils.malloc import retain_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -284,6 +285,8 @@ def train(cfg: Config) -> Dict[str, Any]:
     interval = parse_interval(cfg.train.checkpoint_every) if cfg.train.checkpoint_every else None
 
     # ------------------------------------------------------------------ setup: ranks, device, dirs
+    if cfg.retain_freed_memory:  # activations re-used in place instead of page-faulted in every step
+        retain_freed_memory()
     info = init_distributed(cfg.device)
     owns_process_group = info.world_size > 1
     device, rank, world, is_main = info.device, info.rank, info.world_size, info.is_main
