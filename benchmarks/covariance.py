@@ -20,6 +20,7 @@ import torch
 
 from _common import format_table, machine_summary, matmul_peak_gflops, median_time, mib, peak_tensor_memory
 from tcpnet.ops import isqrt_cov
+from tcpnet.utils.malloc import freed_memory_retained, retain_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -205,24 +206,30 @@ def bench_heads(b: int, t: int, hw: int, repeats: int, clock: str, peak: float) 
         from tcpnet.heads import GAPHead, TCPHead
     except ImportError as err:  # the heads are written separately; report instead of failing
         return f"(heads not importable: {err}; head comparison skipped)"
-    x = torch.randn(b * t, 2048, hw, hw, generator=torch.Generator().manual_seed(1)).relu_().requires_grad_(True)
+    x0 = torch.randn(b * t, 2048, hw, hw, generator=torch.Generator().manual_seed(1)).relu_()
     rows, base = [], None
-    for name, head in [("GAP", GAPHead(2048)), ("TCP", TCPHead(2048, num_segments=t))]:
-        head.train()
-        reset = functools.partial(clear_grads, x, *head.parameters())
+    for layout in ("NCHW", "channels_last"):
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        x = x0.contiguous(memory_format=fmt).requires_grad_(True)
+        for name, head in [("GAP", GAPHead(2048)), ("TCP", TCPHead(2048, num_segments=t))]:
+            head.train()
+            for p in head.parameters():  # 4-D weights in the features' layout, as tcpnet train does
+                if p.dim() == 4:
+                    p.data = p.data.contiguous(memory_format=fmt)
+            reset = functools.partial(clear_grads, x, *head.parameters())
 
-        def run(head=head):
-            out = head(x, t)
-            out.backward(torch.ones_like(out))
+            def run(head=head, x=x):
+                out = head(x, t)
+                out.backward(torch.ones_like(out))
 
-        t_med, _ = median_time(lambda: (reset(), run()), repeats=repeats, warmup=1, clock=clock)
-        mem = peak_tensor_memory(run, setup=reset)
-        reset()
-        floor = fwd_bwd_flops(run) / (peak * 1e9)  # seconds at the measured matmul peak
-        base = base or t_med
-        rows.append([f"(B*T,2048,{hw},{hw}) B={b} T={t}", name, f"{t_med * 1e3:.1f}", mib(mem), f"{t_med / base:.1f}",
-                     f"{floor * 1e3:.1f}", f"{t_med / floor:.1f}" if floor else "-"])
-    return format_table(["features", "head", "fwd+bwd ms", "peak MiB", "time / GAP", "FLOP floor ms",
+            t_med, _ = median_time(lambda: (reset(), run()), repeats=repeats, warmup=1, clock=clock)
+            mem = peak_tensor_memory(run, setup=reset)
+            reset()
+            floor = fwd_bwd_flops(run) / (peak * 1e9)  # seconds at the measured matmul peak
+            base = t_med if name == "GAP" else base
+            rows.append([f"(B*T,2048,{hw},{hw}) B={b} T={t}", layout, name, f"{t_med * 1e3:.1f}", mib(mem),
+                         f"{t_med / base:.1f}", f"{floor * 1e3:.1f}", f"{t_med / floor:.1f}" if floor else "-"])
+    return format_table(["features", "layout", "head", "fwd+bwd ms", "peak MiB", "time / GAP", "FLOP floor ms",
                          "time / floor"], rows)
 
 
@@ -239,6 +246,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    retain_freed_memory()  # as tcpnet train does: no page faults per call (tcpnet.utils.malloc)
     torch.manual_seed(0)
     repeats = args.repeats or (2 if args.quick else 5)
     if args.quick:
@@ -250,7 +258,8 @@ def main() -> None:
         head_shape = (8, 8, 14)
         published_max_b = 32
     peak = matmul_peak_gflops(1024 if args.quick else 2048, clock=args.clock)
-    print(f"machine: {machine_summary()}; load average {os.getloadavg()[0]:.1f} at start")
+    print(f"machine: {machine_summary()}; load average {os.getloadavg()[0]:.1f} at start; "
+          f"freed memory retained: {freed_memory_retained()}")
     print(
         f"measured fp32 matmul peak: {peak:.1f} GFLOP/s; {args.clock} clock, median of {repeats} runs "
         "after 1 warm-up; float32"

@@ -325,3 +325,46 @@ def test_tcp_head_float64_and_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = head(x, 4)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()  # pooling runs in fp32
+
+
+def test_conv1x1_matmul_path_equals_the_convolution():
+    """On channels-last input the 1x1 convs run as one matmul on the NHWC view: same values and
+    gradients as the convolution (float64), channels-last output; NCHW input keeps the convolution."""
+    from tcpnet.heads.pointwise import conv1x1, linear1x1
+    torch.manual_seed(0)
+    for bias in (False, True):
+        conv = nn.Conv2d(12, 5, kernel_size=1, bias=bias).double()
+        x = torch.randn(6, 12, 3, 4, dtype=torch.float64)
+        xc = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        xn = x.clone().requires_grad_(True)
+        y, ref = conv1x1(conv, xc), conv(xn)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+        gw = torch.autograd.grad((y * ref.detach()).sum(), (xc, conv.weight))
+        rw = torch.autograd.grad((ref * ref.detach()).sum(), (xn, conv.weight))
+        for a, b in zip(gw, rw):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        assert conv1x1(conv, xn).is_contiguous()  # NCHW: the convolution itself
+        v = torch.randn(7, 12, dtype=torch.float64)
+        torch.testing.assert_close(linear1x1(conv, v), conv(v[:, :, None, None])[:, :, 0, 0], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="1x1"):
+        conv1x1(nn.Conv2d(4, 4, kernel_size=3), torch.randn(1, 4, 5, 5))
+
+
+def test_tcp_head_channels_last_equals_nchw():
+    """The whole TCP head gives the same output and input gradient for both layouts."""
+    torch.manual_seed(0)
+    head = TCPHead(64, dim=16, num_segments=4, mid_channels=32).double()
+    for m in head.modules():  # non-trivial attention (the published init makes it the identity)
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+        if isinstance(m, nn.Conv3d):
+            nn.init.normal_(m.weight, std=0.05)
+    x = torch.relu(torch.randn(8, 64, 5, 5, dtype=torch.float64))
+    xn = x.clone().requires_grad_(True)
+    xc = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    yn, yc = head(xn, 4), head(xc, 4)
+    torch.testing.assert_close(yc, yn, rtol=1e-10, atol=1e-12)
+    gn, = torch.autograd.grad(yn.square().sum(), xn)
+    gc, = torch.autograd.grad(yc.square().sum(), xc)
+    torch.testing.assert_close(gc, gn, rtol=1e-10, atol=1e-12)

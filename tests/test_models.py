@@ -363,3 +363,19 @@ def test_tcp_tsn_r50_reproduces_published_logits_and_gradients():
             assert rel(params[ours].grad, ref[key]) < 1e-3, ours
         checked += 1
     assert checked == 21
+
+
+def test_classifier_runs_in_its_own_dtype_under_autocast():
+    """Under bf16 autocast the classifier still runs in float32 (no per-step cast of its (K, D)
+    weight): logits are float32 and equal the float32 classifier on the same pooled features."""
+    torch.manual_seed(0)
+    model = build_model("tcp_tiny", num_classes=5, num_segments=4, dim=8, mid_channels=8).eval()
+    feats = torch.randn(3, model.fc.in_features)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model.forward_head(feats)
+        from_bf16 = model.forward_head(feats.bfloat16())
+    assert logits.dtype == torch.float32 and from_bf16.dtype == torch.float32
+    torch.testing.assert_close(logits, model.fc(feats), rtol=0, atol=0)
+    torch.testing.assert_close(from_bf16, model.fc(feats.bfloat16().float()), rtol=0, atol=0)
+    double = build_model("tcp_tiny", num_classes=5, num_segments=4, dim=8, mid_channels=8).double().eval()
+    assert double.forward_head(feats.double()).dtype == torch.float64

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tcpnet.heads.pointwise import conv1x1, linear1x1
+
 __all__ = ["TSA", "TCA", "TemporalAttention", "temporal_kernel_size", "temporal_padding"]
 
 
@@ -60,8 +62,8 @@ class TSA(nn.Module):
         nt, d, h, w = x.shape
         x1 = _delay(_split_time(x, num_segments))  # frame max(t-1, 0)
         x2 = _delay(x1)                            # frame max(t-2, 0)
-        p1 = self.conv_phi_1(x1.reshape(nt, d, h, w)).flatten(2)  # (NT, d, L)
-        p2 = self.conv_phi_2(x2.reshape(nt, d, h, w)).flatten(2)
+        p1 = conv1x1(self.conv_phi_1, x1.reshape(nt, d, h, w)).flatten(2)  # (NT, d, L)
+        p2 = conv1x1(self.conv_phi_2, x2.reshape(nt, d, h, w)).flatten(2)
         # A[a, b] = sum_c P1[c, a] P2[c, b]; rows: t-1 positions, softmax over t-2 positions.
         affinity = torch.bmm(p1.transpose(1, 2), p2) * (self.dim ** -0.5)
         return affinity.softmax(dim=-1)
@@ -69,7 +71,7 @@ class TSA(nn.Module):
     def forward(self, x: torch.Tensor, num_segments: int) -> torch.Tensor:
         nt, d, h, w = x.shape
         affinity = self.affinity(x, num_segments)
-        p0 = self.conv_phi0(x).flatten(2)
+        p0 = conv1x1(self.conv_phi0, x).flatten(2)
         out = torch.bmm(p0, affinity.transpose(1, 2)).view(nt, d, h, w)  # O[c,a]=sum_b A[a,b]P0[c,b]
         return x + self.norm(out)
 
@@ -92,15 +94,17 @@ class TCA(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def gate(self, u: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.g2(F.relu(self.g1(u))))
+        """sigmoid(g2(ReLU(g1(u)))) for vectors u (..., d): the 1x1 convs as matmuls."""
+        return torch.sigmoid(linear1x1(self.g2, F.relu(linear1x1(self.g1, u))))
 
     def gates(self, x: torch.Tensor, num_segments: int) -> torch.Tensor:
         """Sum of the two sigmoid gates (N*T, d, 1, 1) that :meth:`forward` scales ``xa`` by (halved):
         public so that tools can read the channel attention from a forward hook's input."""
-        p = _split_time(x.mean(dim=(2, 3), keepdim=True), num_segments)  # (N, T, d, 1, 1)
-        d1 = (p - torch.roll(p, shifts=1, dims=1)).flatten(0, 1)         # p[t] - p[(t-1) mod T]
-        d2 = ((p - torch.roll(p, shifts=2, dims=1)) * 0.5).flatten(0, 1)  # (p[t] - p[(t-2) mod T]) / 2
-        return self.gate(d1) + self.gate(d2)
+        p = _split_time(x.mean(dim=(2, 3)), num_segments)                # (N, T, d)
+        d1 = p - torch.roll(p, shifts=1, dims=1)                          # p[t] - p[(t-1) mod T]
+        d2 = (p - torch.roll(p, shifts=2, dims=1)) * 0.5                  # (p[t] - p[(t-2) mod T]) / 2
+        g = self.gate(torch.stack((d1, d2)))                              # one MLP pass for both
+        return (g[0] + g[1]).flatten(0, 1)[:, :, None, None]
 
     def forward(self, x: torch.Tensor, xa: torch.Tensor, num_segments: int) -> torch.Tensor:
         return (xa * self.gates(x, num_segments)) * 0.5

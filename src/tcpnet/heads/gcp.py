@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from tcpnet.heads.base import Head, check_frame_batch
+from tcpnet.heads.pointwise import conv1x1
 from tcpnet.heads.registry import register_head
 from tcpnet.ops import isqrt_cov
 
@@ -48,8 +49,8 @@ class GCPHead(Head):
 
     def reduce(self, x: torch.Tensor) -> torch.Tensor:
         """(N*T, C, H, W) -> (N*T, dim, H, W), non-negative."""
-        x = self.relu(self.layer_reduce_bn1(self.layer_reduce1(x)))
-        return self.relu(self.layer_reduce_bn2(self.layer_reduce2(x)))
+        x = self.relu(self.layer_reduce_bn1(conv1x1(self.layer_reduce1, x)))
+        return self.relu(self.layer_reduce_bn2(conv1x1(self.layer_reduce2, x)))
 
     def pool(self, z: torch.Tensor, num_segments: int) -> torch.Tensor:
         """Video-level covariance pooling: (N*T, d, H, W) -> (N, d, T*H*W) with column index

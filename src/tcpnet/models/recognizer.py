@@ -14,6 +14,7 @@ from tcpnet.backbones.base import LAYOUTS
 from tcpnet.backbones.temporal import assign_num_segments, check_num_segments
 from tcpnet.input_config import InputConfig
 from tcpnet.models.batchnorm import batchnorms
+from tcpnet.ops import no_autocast
 
 __all__ = ["Recognizer"]
 
@@ -191,8 +192,12 @@ class Recognizer(nn.Module):
         return self.head(maps, t_out)
 
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
-        """Pooled features (B, D) -> logits (B, K): dropout, then the linear classifier."""
-        return self.fc(self.dropout(feats))
+        """Pooled features (B, D) -> logits (B, K): dropout, then the linear classifier, in the
+        classifier's own dtype even under autocast. Its input is one vector per clip, so in bf16
+        casting the (K, D) weight and its gradient every step (400 x 8256 for TCP) costs more than
+        the matmul: float32 here is the faster and the more precise choice."""
+        with no_autocast(feats.device):
+            return self.fc(self.dropout(feats.to(self.fc.weight.dtype)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
