@@ -50,16 +50,18 @@ def test_other_c_libraries_are_left_alone(monkeypatch):
 
 
 @pytest.mark.parametrize("retain", [True, False])
-def test_train_applies_the_config_choice(retain, monkeypatch, tmp_path):
-    """`retain_freed_memory` (top-level config key) decides whether train() calls it; it may
-    change on resume (it is not part of the recipe)."""
+def test_train_and_test_apply_the_config_choice(retain, monkeypatch, tmp_path):
+    """`retain_freed_memory` (top-level config key) decides whether train() and run_test() call
+    it; it may change on resume (it is not part of the recipe)."""
     from tcpnet.config import load_config
+    from tcpnet.engine import testing as testing_module
     from tcpnet.engine import train as train_module
     from tcpnet.engine.checkpoint import RESUMABLE_KEYS
     from tcpnet.tools.synthetic import make_synthetic_dataset
 
     calls = []
-    monkeypatch.setattr(train_module, "retain_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(train_module, "retain_freed_memory", lambda: calls.append("train") or True)
+    monkeypatch.setattr(testing_module, "retain_freed_memory", lambda: calls.append("test") or True)
     data = tmp_path / "syn"
     make_synthetic_dataset(data, seed=0, num_classes=2, train_per_class=2, val_per_class=1,
                            num_frames=8, size=32, progress=False)
@@ -70,6 +72,9 @@ def test_train_applies_the_config_choice(retain, monkeypatch, tmp_path):
         f"output_dir={tmp_path / 'run'}", "device=cpu", f"retain_freed_memory={str(retain).lower()}"])
     assert cfg.retain_freed_memory is retain
     result = train_module.train(cfg)
-    assert len(calls) == (1 if retain else 0)
+    assert calls == (["train"] if retain else [])
     assert result["final"]["epoch"] == 0
+    tested = testing_module.run_test(cfg, progress=False)
+    assert calls == (["train", "test"] if retain else [])
+    assert tested.metrics["num_videos"] == 2
     assert "retain_freed_memory" in RESUMABLE_KEYS

@@ -108,7 +108,7 @@ class Config:
     output_dir: str = "runs/default"
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda | cuda:N
-    retain_freed_memory: bool = True    # glibc: keep freed tensor memory in the process (no page faults per step, higher RSS; tcpnet.utils.malloc)
+    retain_freed_memory: bool = True    # glibc: keep freed memory (no page faults per step, more RSS; utils.malloc)
 
 
 # The one source of each list of choices; the modules that act on a choice import it from here.
