@@ -137,7 +137,7 @@ def make_video(path, num_frames: int = 64, height: int = 256, width: int = 340, 
     """A moving colour gradient with noise (not trivially compressible), H.264, GOP 16."""
     import numpy as np
 
-    from tcpnet.tools.prepare import write_video
+    from tcpnet.data.writer import write_video
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)

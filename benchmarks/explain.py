@@ -31,8 +31,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import format_table, interleaved_times, machine_summary, make_video  # noqa: E402
 
-from tcpnet.engine.explain import explain_clip, explain_video, write_explanation  # noqa: E402
-from tcpnet.engine.predict import predict_videos  # noqa: E402
+from tcpnet.apps.explain import explain_clip, explain_video, write_explanation  # noqa: E402
+from tcpnet.apps.predict import predict_videos  # noqa: E402
 from tcpnet.models import build_model  # noqa: E402
 
 

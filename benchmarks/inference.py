@@ -5,7 +5,7 @@
     the TCP/GAP time ratio. Optionally (``--onnx``) TCP in ONNX Runtime vs PyTorch.
 (b) Pipeline on a generated 10 s video (340x256 H.264, 25 fps, 250 frames, keyframe every 16):
     decode + transform alone (test sampling, resize, crops, normalise) vs
-    decode + transform + forward (``tcpnet.engine.predict.predict_videos``), for 1x1 and 3x10 views
+    decode + transform + forward (``tcpnet.apps.predict.predict_videos``), for 1x1 and 3x10 views
     -> videos/s and the share of time spent before the model.
 
 Median (and min) of ``--repeats`` runs after warm-up.
@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import format_table, interleaved_times, machine_summary, make_video  # noqa: E402
 
-from tcpnet.engine.predict import build_predict_dataset, predict_videos  # noqa: E402
+from tcpnet.apps.predict import build_predict_dataset, predict_videos  # noqa: E402
 from tcpnet.models import build_model  # noqa: E402
 
 
@@ -53,7 +53,7 @@ def forward_rows(names, segments, size, batches, repeats, warmup, onnx_dir=None)
     if onnx_dir is not None:
         import onnxruntime as ort
 
-        from tcpnet.engine.export import export_onnx
+        from tcpnet.apps.export import export_onnx
         tcp = models[names[1]]
         path = export_onnx(tcp, Path(onnx_dir) / "tcp.onnx", exporter="torchscript")
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -17,7 +17,7 @@ from tcpnet.config import find_config, list_configs
 from tcpnet.config import ConfigError
 from tcpnet.engine.evaluate import fuse_views
 from tcpnet.engine.metrics import topk_accuracy
-from tcpnet.engine.testing import fuse_scores
+from tcpnet.apps.test import fuse_scores
 
 NUM_CLASSES, VAL_VIDEOS = 4, 8
 TINY_CONFIG = """\

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tcpnet.engine.demo import make_demo_data
+from tcpnet.apps.demo import make_demo_data
 
 TINY = dict(num_classes=2, train_per_class=1, val_per_class=1, num_frames=4, size=16)
 

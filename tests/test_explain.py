@@ -1,4 +1,4 @@
-"""tcpnet.engine.explain: the explained forward is the model's, Grad-CAM / TSA / TCA / frame
+"""tcpnet.apps.explain: the explained forward is the model's, Grad-CAM / TSA / TCA / frame
 importance against their definitions computed independently, files written and decodable, and the
 `tcpnet explain` command. Tiny models at 32-48 px.
 
@@ -19,9 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tcpnet.engine.explain import (explain_clip, explain_frames, explain_video, feature_frames, neighbour_index,
+from tcpnet.apps.explain import (explain_clip, explain_frames, explain_video, feature_frames, neighbour_index,
                                    write_explanation)
-from tcpnet.engine.predict import predict_videos
+from tcpnet.apps.predict import predict_videos
 from tcpnet.models import build_model
 from videos import make_frames, write_video
 

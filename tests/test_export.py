@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tcpnet.checkpoints import save_model
-from tcpnet.engine.export import export_model, export_onnx, export_torchscript, verify_export
+from tcpnet.apps.export import export_model, export_onnx, export_torchscript, verify_export
 from tcpnet.models import build_model
 
 TOL = 1e-4

@@ -54,7 +54,7 @@ def test_train_and_test_apply_the_config_choice(retain, monkeypatch, tmp_path):
     """`retain_freed_memory` (top-level config key) decides whether train() and run_test() call
     it; it may change on resume (it is not part of the recipe)."""
     from tcpnet.config import load_config
-    from tcpnet.engine import testing as testing_module
+    from tcpnet.apps import test as testing_module
     from tcpnet.engine import train as train_module
     from tcpnet.engine.checkpoint import RESUMABLE_KEYS
     from tcpnet.tools.synthetic import make_synthetic_dataset

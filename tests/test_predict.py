@@ -6,7 +6,7 @@ import torch
 
 from tcpnet.data import load_clip
 from tcpnet.data.transforms import CenterCrop, ResizeShorterSide, ThreeCrop, to_float
-from tcpnet.engine.predict import Prediction, predict_videos, read_labels
+from tcpnet.apps.predict import Prediction, predict_videos, read_labels
 from tcpnet.models import build_model
 from videos import make_frames, write_video
 

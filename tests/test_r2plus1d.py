@@ -3,7 +3,7 @@ Kinetics-400 weights load; the state dict here is generated, nothing is download
 over the backbone's T' frames, training steps, and an ONNX export checked in onnxruntime.
 
 Tolerances: 1e-5 relative for float32 recomputations of the same ops in another order; the ONNX
-check uses the exporter's own bound (1e-3 relative to the logit scale, see engine/export.py).
+check uses the exporter's own bound (1e-3 relative to the logit scale, see apps/export.py).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from torch import nn
 
 from tcpnet.backbones import R2Plus1D, create_backbone
 from tcpnet.checkpoints import load_checkpoint, load_pretrained
-from tcpnet.engine.export import export_model
+from tcpnet.apps.export import export_model
 from tcpnet.models import build_model
 
 Shape = Tuple[int, ...]

@@ -1,4 +1,4 @@
-"""tcpnet.engine.report: report.html of a test run (single- and multi-label) parses, shows the
+"""tcpnet.apps.report: report.html of a test run (single- and multi-label) parses, shows the
 numbers of metrics.json, sorts classes worst first, and every embedded image decodes; the
 selection helpers against hand-made cases; `tcpnet test --report`."""
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 from tcpnet.checkpoints import save_model
 from tcpnet.config import load_config
 from tcpnet.engine.metrics import average_precision
-from tcpnet.engine.report import confused_pairs, video_probabilities, worst_videos, write_test_report
-from tcpnet.engine.testing import run_test
+from tcpnet.apps.report import confused_pairs, video_probabilities, worst_videos, write_test_report
+from tcpnet.apps.test import run_test
 from tcpnet.models import build_model
 from tcpnet.tools.synthetic import make_synthetic_dataset
 from tcpnet.viz import decode_image

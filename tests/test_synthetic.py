@@ -24,7 +24,7 @@ from tcpnet.tools.synthetic import (
     sample_params,
     write_clip,
 )
-from tcpnet.tools.prepare import write_video
+from tcpnet.data.writer import write_video
 
 SMALL = dict(num_classes=8, train_per_class=2, val_per_class=1, num_frames=16, size=64)
 ALL_PAIRS = range(len(PAIR_KINDS))

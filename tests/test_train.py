@@ -82,7 +82,7 @@ def test_train_bf16_accumulate_warmup(tiny_data, tmp_path):
 
 
 def test_within_pair_accuracy():
-    from tcpnet.engine.demo import within_pair_accuracy
+    from tcpnet.apps.demo import within_pair_accuracy
     scores = torch.tensor([[0.6, 0.4, 0.0, 0.0], [0.6, 0.4, 0.0, 0.0], [0.0, 0.0, 0.1, 0.9], [0.5, 0.0, 0.2, 0.3]])
     targets = torch.tensor([0, 1, 3, 2])
     # video 0: 0.6 > 0.4 right; video 1: 0.4 < 0.6 wrong; video 2: 0.9 > 0.1 right; video 3: 0.2 < 0.3 wrong
@@ -92,7 +92,7 @@ def test_within_pair_accuracy():
 @pytest.mark.slow
 def test_quick_demo(tmp_path):
     """The demo end to end in quick mode (tiny data, 2 epochs): table, plot and results written."""
-    from tcpnet.engine.demo import run_demo
+    from tcpnet.apps.demo import run_demo
     summary = run_demo(tmp_path / "demo", quick=True, overrides=["train.batch_size=8"])
     assert set(summary["results"]) == {"TCP", "GAP"}
     for r in summary["results"].values():

@@ -92,7 +92,7 @@ def _floats(text: Optional[str], what: str) -> Optional[List[float]]:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from tcpnet.engine.testing import run_test
+    from tcpnet.apps.test import run_test
 
     cfg = _load_cfg(args)
     result = run_test(cfg, args.checkpoint, weights=_floats(args.weights, "--weights"), views=args.views,
@@ -106,7 +106,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         print(f"{m['num_videos']} videos, {m['views']} views, {m['fusion']}: {head}")
         print(f"results: {result.output_dir / 'metrics.json'}")
         if args.report:
-            from tcpnet.engine.report import write_test_report
+            from tcpnet.apps.report import write_test_report
 
             print(f"report: {write_test_report(result, cfg)}")
     return 0
@@ -119,7 +119,7 @@ def _fmt(v: Any) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     from tcpnet.checkpoints import build_model_from_checkpoint
     from tcpnet.engine.distributed import resolve_device
-    from tcpnet.engine.predict import predict_videos, read_labels
+    from tcpnet.apps.predict import predict_videos, read_labels
 
     device = resolve_device(args.device)
     model = build_model_from_checkpoint(args.checkpoint).to(device)
@@ -145,8 +145,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from tcpnet.checkpoints import build_model_from_checkpoint
     from tcpnet.engine.distributed import resolve_device
-    from tcpnet.engine.explain import explain_videos
-    from tcpnet.engine.predict import read_labels
+    from tcpnet.apps.explain import explain_videos
+    from tcpnet.apps.predict import read_labels
 
     model = build_model_from_checkpoint(args.checkpoint).to(resolve_device(args.device))
     names = read_labels(args.labels, int(model.num_classes)) if args.labels else None
@@ -166,7 +166,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from tcpnet.checkpoints import build_model_from_checkpoint
-    from tcpnet.engine.export import export_model
+    from tcpnet.apps.export import export_model
 
     model = build_model_from_checkpoint(args.checkpoint)
     fmt = args.format
@@ -190,7 +190,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from tcpnet.checkpoints import convert_checkpoint
-    from tcpnet.engine.predict import read_labels
+    from tcpnet.apps.predict import read_labels
 
     names = read_labels(args.classes) if args.classes else None
     report = convert_checkpoint(args.src, args.dst, args.model, num_classes=args.num_classes,
@@ -254,7 +254,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from tcpnet.engine.demo import run_demo
+    from tcpnet.apps.demo import run_demo
 
     run_demo(args.out, quick=args.quick, seed=args.seed, device=args.device, overrides=args.overrides,
              num_workers=args.workers)

@@ -1,5 +1,6 @@
 """Training and evaluation engine: ``train(cfg)``, ``evaluate(model, loader)``, metrics,
-distributed helpers, training checkpoints and the CPU demo."""
+distributed helpers and training checkpoints. The commands built on it (demo, test,
+predict, explain, export, report) are in :mod:`tcpnet.apps`."""
 from __future__ import annotations
 
 import importlib
@@ -17,7 +18,6 @@ _LAZY = {
     "classification_metrics": "tcpnet.engine.metrics",
     "init_distributed": "tcpnet.engine.distributed",
     "load_training_checkpoint": "tcpnet.engine.checkpoint",
-    "run_demo": "tcpnet.engine.demo",
 }
 
 __all__ = sorted(_LAZY)

@@ -7,7 +7,6 @@ from typing import Any
 _LAZY = {
     "make_synthetic_dataset": "tcpnet.tools.synthetic",
     "SyntheticDataset": "tcpnet.tools.synthetic",
-    "write_video": "tcpnet.tools.prepare",
     "extract_frames": "tcpnet.tools.prepare",
     "reencode_videos": "tcpnet.tools.prepare",
     "build_list": "tcpnet.tools.prepare",

@@ -54,7 +54,7 @@ On disk (``make_synthetic_dataset``)::
 Generation is deterministic: each video's parameters come from
 ``numpy.random.default_rng([seed, split, label, index])``, independent of worker count and
 order; frames are converted to YUV in NumPy and encoded single-threaded without x264's mbtree
-(see ``prepare.H264Writer``), which makes the files byte-identical between runs, worker
+(see ``tcpnet.data.writer.H264Writer``), which makes the files byte-identical between runs, worker
 counts and processes on the same machine and libx264 build (checked by the tests).
 
 Why intra-only at a constant quantiser (``write_clip``, generator version 2): the two classes of
@@ -87,7 +87,8 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 from tqdm import tqdm
 
-from tcpnet.tools.prepare import mp_context, process_pool, write_video
+from tcpnet.data.writer import write_video
+from tcpnet.tools.prepare import mp_context, process_pool
 
 logger = logging.getLogger(__name__)
 

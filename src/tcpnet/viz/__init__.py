@@ -1,6 +1,6 @@
 """Pure rendering helpers (NumPy, Pillow, Matplotlib; no torch): heat-map overlays, frame layouts,
 the explain contact sheet, image encoding and self-contained HTML. Used by
-:mod:`tcpnet.engine.explain` and :mod:`tcpnet.engine.report`."""
+:mod:`tcpnet.apps.explain` and :mod:`tcpnet.apps.report`."""
 from tcpnet.viz.encode import data_uri, decode_image, to_jpeg, to_png
 from tcpnet.viz.layout import caption, even_size, hstack, mosaic, upscale
 from tcpnet.viz.overlay import colorize, overlay, resize_map

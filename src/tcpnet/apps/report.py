@@ -1,10 +1,10 @@
 """A test run as one self-contained web page, ``report.html``: the metrics, the confusion matrix
 with the per-class accuracy sorted, the most-confused class pairs, and the worst-predicted
 videos with thumbnails of their sampled frames and their explain sheets
-(:mod:`tcpnet.engine.explain`). Multi-label data shows the per-class AP instead of accuracy and
+(:mod:`tcpnet.apps.explain`). Multi-label data shows the per-class AP instead of accuracy and
 confusions. Images are embedded (base64 PNG/JPEG); no network, no JavaScript.
 
-:func:`write_test_report` turns a :class:`~tcpnet.engine.testing.TestResult` into the page;
+:func:`write_test_report` turns a :class:`~tcpnet.apps.test.TestResult` into the page;
 :func:`write_report` does the work from plain arrays, for callers without a test run.
 """
 from __future__ import annotations
@@ -121,7 +121,7 @@ def write_report(path: Union[str, Path], *, metrics: Mapping[str, Any], scores: 
     ``clip_loader(i)``: video i's normalised 1x1-view clip (3, T, H, W); with it the worst videos
     get thumbnails, and with ``model`` as well their explain sheets.
     """
-    from tcpnet.engine.explain import SHEET_COLORS, clip_frames, explain_clip, render_explanation
+    from tcpnet.apps.explain import SHEET_COLORS, clip_frames, explain_clip, render_explanation
     from tcpnet.engine.metrics import average_precision, confusion_matrix
     from tcpnet.viz import confusion_summary, sorted_bars, to_png
     from tcpnet.viz.html import bar, escape, image, page, section, table
@@ -229,11 +229,11 @@ class _DatasetClips:
 
 def write_test_report(result: Any, cfg: Any, *, path: Union[str, Path, None] = None, worst: int = 8,
                       explain: bool = True, device: Optional[torch.device] = None) -> Path:
-    """``report.html`` for a :class:`~tcpnet.engine.testing.TestResult` of ``run_test(cfg, ...)``
+    """``report.html`` for a :class:`~tcpnet.apps.test.TestResult` of ``run_test(cfg, ...)``
     (default ``<result.output_dir>/report.html``). The worst videos are shown through the test
     pipeline's 1x1 view and explained with the first checkpoint of the run."""
     from tcpnet.data.build import build_test_dataset, read_list
-    from tcpnet.engine.testing import load_models
+    from tcpnet.apps.test import load_models
 
     m = result.metrics
     if path is None:

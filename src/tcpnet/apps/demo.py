@@ -6,7 +6,7 @@ TCP's temporal attention sees the order. ``run_demo`` generates the data (once),
 ``configs/demo/tcp.yaml`` (tcp_tiny) and ``configs/demo/gap.yaml`` (tsn_tiny) with the ordinary
 ``train`` loop, evaluates both, prints a side-by-side table and writes ``demo.png``, a test
 report per model (``<out>/<tcp|gap>/test/report.html``) and explain sheets of one video per
-order pair (``<out>/explain/``, see :mod:`tcpnet.engine.demo_visuals`).
+order pair (``<out>/explain/``, see :mod:`tcpnet.apps.demo_visuals`).
 What makes it fast on a 2-core CPU is set in ``configs/demo/tcp.yaml``, with the reasons.
 """
 from __future__ import annotations
@@ -103,7 +103,7 @@ def run_demo(out_dir: Union[str, Path] = "demo_output", quick: bool = False, *, 
     results.json into ``out_dir``. ``quick`` shrinks data and epochs to a smoke test (minutes
     -> seconds; its accuracies mean nothing). ``overrides`` apply to both configs."""
     from tcpnet.data.cache import clear_shared_cache
-    from tcpnet.engine.demo_visuals import explain_order_pairs, write_model_report
+    from tcpnet.apps.demo_visuals import explain_order_pairs, write_model_report
     from tcpnet.engine.train import train
 
     t_start = time.time()

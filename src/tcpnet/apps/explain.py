@@ -320,7 +320,7 @@ def explain_video(model: nn.Module, path: Union[str, Path], *, views: str = "1x1
     """Explain a video file (or frame folder) through the test pipeline ``predict`` uses (same
     sampling, crops and normalisation, so the probabilities are ``predict``'s). With several
     views the explained class is the top class of the views' mean probability, for every view."""
-    from tcpnet.engine.predict import build_predict_dataset
+    from tcpnet.apps.predict import build_predict_dataset
 
     activation = resolve_activation(model, activation)
     dataset = build_predict_dataset(model, [str(path)], views)
@@ -424,7 +424,7 @@ def write_explanation(expl: Explanation, out_dir: Union[str, Path], stem: Option
                       mp4: bool = True, fps: int = 2, view: Optional[int] = None) -> Dict[str, Path]:
     """Write ``<stem>.png`` (contact sheet) and ``<stem>.mp4`` (H.264, one frame per sampled frame
     at ``fps``) into ``out_dir``; returns their paths (keys ``sheet``, ``mp4``)."""
-    from tcpnet.tools.prepare import write_video
+    from tcpnet.data.writer import write_video
     from tcpnet.viz import to_png
 
     out = Path(out_dir)

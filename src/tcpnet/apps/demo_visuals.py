@@ -16,8 +16,8 @@ __all__ = ["write_model_report", "explain_order_pairs"]
 def write_model_report(cfg: Any, checkpoint: Union[str, Path], out_dir: Union[str, Path], worst: int = 8) -> Path:
     """Test ``checkpoint`` on the config's validation list (1x1 view, the config's fusion) into
     ``out_dir`` and write ``out_dir/report.html``; returns the report's path."""
-    from tcpnet.engine.report import write_test_report
-    from tcpnet.engine.testing import run_test
+    from tcpnet.apps.report import write_test_report
+    from tcpnet.apps.test import run_test
 
     result = run_test(cfg, str(checkpoint), views="1x1", output_dir=out_dir, progress=False)
     return write_test_report(result, cfg, worst=worst)
@@ -38,7 +38,7 @@ def explain_order_pairs(models: Mapping[str, nn.Module], data_dir: Union[str, Pa
     """For each class pair (2k, 2k+1) of the synthetic set, the first validation video of class
     2k explained by every model, as recorded and with its sampled frames reversed: sheets
     ``<class>_<model>.png`` and ``<class>_reversed_<model>.png`` in ``out_dir``."""
-    from tcpnet.engine.explain import explain_frames, explain_video, write_explanation
+    from tcpnet.apps.explain import explain_frames, explain_video, write_explanation
 
     data = Path(data_dir)
     names = [n for n in (data / "classes.txt").read_text().splitlines() if n.strip()]
