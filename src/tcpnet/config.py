@@ -17,7 +17,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 __all__ = [
     "Config", "ModelConfig", "DataConfig", "TrainConfig", "TestConfig", "ConfigError",
     "load_config", "config_from_dict", "config_to_dict", "config_to_yaml", "save_config",
-    "parse_views", "parse_interval", "resolve_fusion", "SCHEDULES", "OPTIMIZERS", "AMP_MODES", "FUSIONS", "READERS",
+    "parse_views", "parse_interval", "model_name", "DEFAULT_MODEL", "resolve_fusion", "SCHEDULES", "OPTIMIZERS", "AMP_MODES", "FUSIONS", "READERS",
 ]
 
 
@@ -27,8 +27,10 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    name: str = "tcp_tsn_r50"           # registry name, see tcpnet.models.list_models()
-    num_segments: int = 8               # T, frames per clip
+    name: Optional[str] = None          # registered full model (tcpnet.models.list_models()); null: tcp_tsn_r50, or backbone+head
+    backbone: Optional[str] = None      # compose instead: a registered backbone (tcpnet.backbones.list_backbones())
+    head: Optional[str] = None          # ... with a registered head (tcpnet.heads.list_heads()); name becomes "<backbone>+<head>"
+    num_segments: Optional[int] = None  # T, frames per clip (null: the model's own default, 8 for the 2-D zoo, 16 for R(2+1)D)
     num_classes: Optional[int] = None   # None: inferred from data.class_names or the train list
     dropout: float = 0.5                # on the pooled vector, before fc
     pretrained: Optional[str] = None    # ImageNet GCP / our model file / authors' checkpoint
@@ -85,6 +87,8 @@ class TrainConfig:
     eval_every: int = 1                 # epochs between validation passes (published: 1)
     max_iters_per_epoch: Optional[int] = None  # cap iterations per epoch (smoke tests, demos)
     checkpoint_every: Optional[str] = None  # also write last.pt inside an epoch: every N iterations ("500") or minutes ("10m")
+    label_smoothing: float = 0.0        # cross-entropy label smoothing in [0, 1) (single-label data)
+    log_grad_norm: bool = False         # log the global gradient norm (before clipping) per log interval and epoch
     nonfinite: str = "stop"             # NaN/Inf loss or gradient norm: stop (keep the last good checkpoint) | skip the step
     resume: Optional[str] = None        # training checkpoint to continue from
     auto_resume: bool = True            # continue from <output_dir>/last.pt when it exists
@@ -109,6 +113,18 @@ class Config:
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     retain_freed_memory: bool = True    # glibc: keep freed memory (no page faults per step, more RSS; utils.malloc)
+    imports: List[str] = field(default_factory=list)  # modules imported before the config's names are looked up (plugins)
+
+
+DEFAULT_MODEL = "tcp_tsn_r50"
+
+
+def model_name(mc: ModelConfig) -> str:
+    """The model a ModelConfig asks for: ``<backbone>+<head>`` when composed, else ``name``
+    (``DEFAULT_MODEL`` when unset)."""
+    if mc.backbone is not None or mc.head is not None:
+        return f"{mc.backbone}+{mc.head}"
+    return mc.name or DEFAULT_MODEL
 
 
 # The one source of each list of choices; the modules that act on a choice import it from here.
@@ -187,7 +203,20 @@ def _validate(cfg: Config, source: str) -> None:
             raise ConfigError(f"{source}: {key} must be one of {[a for a in allowed if a]}, got {value!r}")
     if not (cfg.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", cfg.device)):
         raise ConfigError(f"{source}: device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
-    positive = {"model.num_segments": cfg.model.num_segments, "train.epochs": cfg.train.epochs,
+    mc = cfg.model
+    if (mc.backbone is None) != (mc.head is None):
+        raise ConfigError(f"{source}: model.backbone and model.head go together (got backbone={mc.backbone!r}, "
+                          f"head={mc.head!r}); or name a registered full model with model.name")
+    if mc.backbone is not None and mc.name not in (None, model_name(mc)):
+        raise ConfigError(f"{source}: model.name={mc.name!r} and model.backbone/model.head={model_name(mc)!r} "
+                          "name two models; set one of them")
+    if cfg.model.num_segments is not None and cfg.model.num_segments < 1:
+        raise ConfigError(f"{source}: model.num_segments must be >= 1 or null, got {cfg.model.num_segments}")
+    if not 0.0 <= cfg.train.label_smoothing < 1.0:
+        raise ConfigError(f"{source}: train.label_smoothing must be in [0, 1), got {cfg.train.label_smoothing}")
+    if cfg.train.label_smoothing and cfg.data.multi_label:
+        raise ConfigError(f"{source}: train.label_smoothing is for single-label data; data.multi_label is true")
+    positive = {"train.epochs": cfg.train.epochs,
                 "train.batch_size": cfg.train.batch_size, "train.accumulate_steps": cfg.train.accumulate_steps,
                 "train.log_every": cfg.train.log_every, "train.eval_every": cfg.train.eval_every,
                 "test.batch_size": cfg.test.batch_size}

@@ -19,7 +19,7 @@ __all__ = ["KINETICS_VIDEO", "Conv2Plus1D", "R2Plus1dStem", "VideoBasicBlock", "
 # torchvision's Kinetics-400 video models: per-channel mean/std of 0-1 pixels, 112x112 crops
 # taken from clips resized to 128 on the shorter side.
 KINETICS_VIDEO = InputConfig(mean=(0.43216, 0.394666, 0.37645), std=(0.22803, 0.22145, 0.216989),
-                             crop_size=112, scale_size=128)
+                             crop_size=112, scale_size=128, num_segments=16)
 
 
 def midplanes(inplanes: int, planes: int) -> int:

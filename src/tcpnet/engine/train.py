@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from tcpnet.checkpoints import CheckpointError, load_pretrained
 from tcpnet.checkpoints.io import model_file_fields
-from tcpnet.config import Config, ConfigError, TrainConfig, config_to_dict, parse_interval, save_config
+from tcpnet.config import Config, ConfigError, TrainConfig, config_to_dict, model_name, parse_interval, save_config
 from tcpnet.data.build import (IndexedSubset, build_datasets, check_data_config, infer_num_classes,
                                read_lists, resolve_input_config)
 from tcpnet.engine.checkpoint import (capture_rng_state, check_resume_config, load_training_checkpoint,
@@ -308,7 +308,7 @@ def train(cfg: Config) -> Dict[str, Any]:
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"{cfg.data.class_names or cfg.data.train_list}: {len(class_names)} classes but "
                          f"model.num_classes={num_classes}")
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=num_classes))
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=num_classes, name=model_name(cfg.model)))
 
     # ------------------------------------------------------------------ resume: what, from where
     resume_path = tc.resume
@@ -319,11 +319,8 @@ def train(cfg: Config) -> Dict[str, Any]:
         if ckpt.get("model_name") != cfg.model.name:
             raise CheckpointError(f"{resume_path}: checkpoint is a {ckpt.get('model_name')!r} model, "
                                   f"config asks for {cfg.model.name!r}")
-        check_resume_config(resume_path, ckpt.get("config"), config_to_dict(cfg), tc.force_resume)
         if is_main and Path(resume_path).resolve() == (out_dir / "last.pt").resolve():
             repair_best(out_dir, ckpt)
-    if is_main:  # the resolved config: repeat the run with `tcpnet train <out>/config.yaml`
-        save_config(cfg, out_dir / "config.yaml")
 
     # ------------------------------------------------------------------ model, optimizer, EMA
     model = build_model(cfg.model.name, num_classes=num_classes, num_segments=cfg.model.num_segments,
@@ -333,6 +330,11 @@ def train(cfg: Config) -> Dict[str, Any]:
         if is_main:
             logger.info("loaded pretrained weights from %s: %s", cfg.model.pretrained, report)
     model.input_config = resolve_input_config(cfg.data, model.input_config)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_segments=model.num_segments))
+    if ckpt is not None:
+        check_resume_config(resume_path, ckpt.get("config"), config_to_dict(cfg), tc.force_resume)
+    if is_main:  # the resolved config: repeat the run with `tcpnet train <out>/config.yaml`
+        save_config(cfg, out_dir / "config.yaml")
     model.to(device)
     if tc.channels_last:  # 4-D weights only (TCP's temporal conv is a Conv3d)
         for p in model.parameters():
@@ -357,7 +359,7 @@ def train(cfg: Config) -> Dict[str, Any]:
 
     # ------------------------------------------------------------------ data
     datasets = build_datasets(cfg.data, {k: v for k, v in records.items() if k != "test"}, model.input_config,
-                              num_segments=cfg.model.num_segments, num_classes=num_classes, seed=cfg.seed,
+                              num_segments=model.num_segments, num_classes=num_classes, seed=cfg.seed,
                               max_consecutive_failures=tc.max_consecutive_failures)
     train_set = datasets["train"]
     train_sampler = ResumableSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
