@@ -220,7 +220,8 @@ def test_stop_signal_under_torchrun_stops_every_rank_at_the_same_step(tiny_data,
     assert proc.returncode != 0  # torchrun reports the workers' exit code 75 as a failure
     assert text.count("PREEMPTED") == 2, text[-3000:]  # both ranks stopped, with the same message
     ckpt = torch.load(out / "last.pt", weights_only=True)
-    assert ckpt["epoch"] == 0 and ckpt["iter"] >= 1 and len(ckpt["epoch_sums"]) == 2
+    assert ckpt["epoch"] == 0 and ckpt["iter"] >= 1 and len(ckpt["epoch_stats"]) == 2  # one per rank, by name
+    assert all(set(s) >= {"loss_sum", "clips"} for s in ckpt["epoch_stats"])
     _finish(_start(launch))
     _assert_same_weights(reference_2p / "final_rank0.pt", out / "final_rank1.pt")
 

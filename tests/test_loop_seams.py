@@ -12,7 +12,12 @@ from tcpnet.config import TrainConfig
 from tcpnet.engine.checkpoint import load_training_checkpoint, save_training_checkpoint
 from tcpnet.engine.mixup import MixupCutmix
 from tcpnet.engine.optim import build_optimizer
-from tcpnet.engine.train import build_ema, train_one_epoch
+from tcpnet.engine.hooks.ema import EMAUpdate
+from tcpnet.engine.hooks.mixup import Mixup
+from tcpnet.engine.loop import LoopContext, train_one_epoch
+from tcpnet.engine.state import TrainState
+from tcpnet.engine.stats import CORE_STATS, RunningStats
+from tcpnet.engine.train import build_ema
 from tcpnet.models import build_model
 
 CPU = torch.device("cpu")
@@ -28,11 +33,18 @@ def _batches(n=3, b=4):
     return [(torch.randn(b, 3, 4, 32, 32, generator=g), torch.randint(0, 3, (b,), generator=g)) for _ in range(n)]
 
 
-def _run(model, batches, opt, **kw):
+def _run(model, batches, opt, ema=None, batch_transform=None, criterion=None):
+    """One epoch of the loop on a bare TrainState, with the EMA / mixup hooks when given; returns
+    the epoch's running statistics by name."""
     tc = TrainConfig(epochs=1, lr=0.05, log_every=2, clip_grad_norm=None, lr_schedule="step", lr_steps=[])
-    crit = kw.pop("criterion", nn.CrossEntropyLoss())
-    return train_one_epoch(model, batches, opt, criterion=crit, scaler=torch.amp.GradScaler("cpu", enabled=False),
-                           device=CPU, epoch=0, iters_per_epoch=len(batches), tc=tc, **kw)
+    state = TrainState(model=model, optimizer=opt, scaler=torch.amp.GradScaler("cpu", enabled=False),
+                       stats=RunningStats(CORE_STATS), ema=ema)
+    hooks = ([EMAUpdate(ema, model)] if ema is not None else []) + \
+        ([Mixup(batch_transform)] if batch_transform is not None else [])
+    ctx = LoopContext(model=model, criterion=criterion or nn.CrossEntropyLoss(), device=CPU, train=tc,
+                      iters_per_epoch=len(batches), hooks=hooks)
+    assert train_one_epoch(state, batches, ctx) is None and state.iteration == len(batches)
+    return state.stats.read()
 
 
 def test_ema_is_the_exponential_average_of_the_weights_after_each_step():

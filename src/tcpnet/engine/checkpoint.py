@@ -13,25 +13,31 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from tcpnet.checkpoints.io import CheckpointError, atomic_torch_save, read_file
-from tcpnet.config import ConfigError
+from tcpnet.checkpoints.io import CheckpointError, atomic_torch_save, model_file_fields, read_file
+from tcpnet.config import Config, ConfigError, config_to_dict
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["save_training_checkpoint", "load_training_checkpoint", "capture_rng_state",
-           "restore_rng_state", "prepare_output_dir", "config_differences", "repair_best",
-           "RESUMABLE_KEYS"]
+           "restore_rng_state", "prepare_output_dir", "config_differences", "repair_best", "repair_ema",
+           "check_fresh_output_dir", "OutputLock", "RESUMABLE_KEYS", "CHECKPOINT_FILES"]
 
 # Config keys a resumed run may change: the run's length and bookkeeping, never the recipe.
 RESUMABLE_KEYS = ("train.epochs", "train.resume", "train.auto_resume", "train.force_resume",
                   "train.checkpoint_every", "train.log_every", "train.eval_every", "data.num_workers",
                   "data.cache_decoded_mb", "data.decode_timeout", "test.batch_size", "device",
-                  "retain_freed_memory")
+                  "retain_freed_memory", "output_dir", "train.log_grad_norm", "imports")
+# Keys that hold a path: two spellings of the same file (relative / absolute) are the same recipe.
+PATH_KEYS = ("data.root", "data.train_list", "data.val_list", "data.test_list", "data.class_names",
+             "model.pretrained", "test.checkpoint")
+# The files of a run's checkpoint set, in the order they are written at the end of an epoch.
+CHECKPOINT_FILES = ("last.pt", "best.pt", "ema.pt")
+LOCK_FILE = ".tcpnet.lock"
 
 _REQUIRED = ("state_dict", "optimizer", "epoch")
 
@@ -60,6 +66,10 @@ def prepare_output_dir(out_dir: Union[str, Path]) -> Path:
     except OSError as e:
         raise OSError(e.errno or errno.EACCES, f"output_dir is not writable ({e.strerror or e})",
                       str(out)) from None
+    for name in CHECKPOINT_FILES:
+        if (out / name).exists() and not (out / name).is_file():
+            raise OSError(errno.EISDIR, f"{name} in output_dir is not a regular file, so no checkpoint could be "
+                          "written there; remove it or choose another output_dir", str(out / name))
     for stale in out.glob(".*.pt.*.tmp"):
         logger.info("removing %s, left by an interrupted checkpoint write", stale)
         stale.unlink(missing_ok=True)
@@ -77,13 +87,27 @@ def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
+def _same_path(a: Any, b: Any) -> bool:
+    if not (isinstance(a, str) and isinstance(b, str)) or not a or not b:
+        return a == b
+    return os.path.normpath(os.path.abspath(os.path.expanduser(a))) == \
+        os.path.normpath(os.path.abspath(os.path.expanduser(b)))
+
+
 def config_differences(saved: Dict[str, Any], current: Dict[str, Any],
                        allowed: Iterable[str] = RESUMABLE_KEYS) -> List[str]:
-    """``key: checkpoint X, config Y`` for every setting that differs, except ``allowed`` ones."""
-    a, b = _flatten(saved), _flatten(current)
+    """``key: checkpoint X, config Y`` for every setting that differs, except ``allowed`` ones.
+    A key the saved config lacks (written before the key existed) counts as its default, and a
+    path counts as the same when both spellings name the same file."""
+    a = {**_flatten(config_to_dict(Config())), **_flatten(saved)}
+    b = _flatten(current)
     skip = set(allowed)
-    return [f"{k}: checkpoint {a.get(k)!r}, config {b.get(k)!r}"
-            for k in sorted(set(a) | set(b)) if k not in skip and a.get(k) != b.get(k)]
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if k in skip or a.get(k) == b.get(k) or (k in PATH_KEYS and _same_path(a.get(k), b.get(k))):
+            continue
+        out.append(f"{k}: checkpoint {a.get(k)!r}, config {b.get(k)!r}")
+    return out
 
 
 def check_resume_config(path: Union[str, Path], saved: Optional[Dict[str, Any]], current: Dict[str, Any],
@@ -116,8 +140,13 @@ def repair_best(out_dir: Union[str, Path], last: Dict[str, Any]) -> bool:
         except CheckpointError:
             pass  # unreadable: replace it
     tmp = out / f".best.pt.{os.getpid()}.tmp"
-    shutil.copyfile(out / "last.pt", tmp)
-    os.replace(tmp, best)
+    try:
+        shutil.copyfile(out / "last.pt", tmp)
+        os.replace(tmp, best)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"{best}: could not restore it from last.pt ({os.strerror(e.errno) if e.errno else e}); "
+                              f"{'the old best.pt is intact' if best.exists() else 'no best.pt was written'}") from e
     logger.warning("best.pt was older than last.pt's best epoch %d (a run killed between the two "
                    "writes); restored it from last.pt", best_epoch + 1)
     return True
@@ -160,3 +189,69 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def repair_ema(out_dir: Union[str, Path], ema_model: Any, class_names: Optional[Sequence[str]], epoch: int) -> bool:
+    """Make ``ema.pt`` agree with a resumed state at an epoch boundary (a kill between ``best.pt``
+    and ``ema.pt`` leaves an older one behind). ``ema_model`` holds the EMA restored from last.pt.
+    Returns True if ema.pt was (re)written."""
+    path = Path(out_dir) / "ema.pt"
+    if path.is_file():
+        try:
+            if int(read_file(path).get("epoch", -1)) == epoch:
+                return False
+        except CheckpointError:
+            pass  # unreadable: replace it
+    save_training_checkpoint({**model_file_fields(ema_model, class_names), "epoch": epoch}, path)
+    logger.warning("ema.pt did not hold the EMA weights of epoch %d (a run stopped between the checkpoint "
+                   "writes); rewrote it from last.pt", epoch)
+    return True
+
+
+_RUN_FILES = ("best.pt", "ema.pt")
+
+
+def check_fresh_output_dir(out_dir: Union[str, Path]) -> None:
+    """A run that resumes nothing must not overwrite another run's results: refuse an output_dir
+    that holds checkpoints or a metrics log without a ``last.pt`` to continue from."""
+    out = Path(out_dir)
+    found = [n for n in ("last.pt", *_RUN_FILES) if (out / n).exists()]
+    if found:
+        raise ConfigError(f"{out}: output_dir holds {', '.join(found)} of an earlier run, which a new run would "
+                          "overwrite; resume it (train.auto_resume=true with its last.pt, or train.resume=PATH), "
+                          "or use another output_dir")
+
+
+class OutputLock:
+    """An exclusive lock on an output_dir for the life of a run (a POSIX record lock on
+    ``.tcpnet.lock``): two runs writing the same checkpoints would corrupt each other's set. A
+    record lock belongs to the process, so forked DataLoader workers do not inherit it and a
+    killed run's lock goes with it."""
+
+    def __init__(self, path: Path, handle: Any) -> None:
+        self.path, self._handle = path, handle
+
+    @classmethod
+    def acquire(cls, out_dir: Union[str, Path]) -> "OutputLock":
+        import fcntl
+
+        path = Path(out_dir) / LOCK_FILE
+        handle = open(path, "a+")
+        try:
+            fcntl.lockf(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ConfigError(f"{out_dir}: output_dir is in use by another tcpnet run ({holder}); wait for it "
+                              "to finish or use another output_dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        return cls(path, handle)
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None

@@ -3,8 +3,9 @@
 plus the helpers every layer above shares: :func:`batchnorms` and :func:`unwrap_model`."""
 from tcpnet.models.batchnorm import batchnorms
 from tcpnet.models.recognizer import Recognizer
-from tcpnet.models.registry import build_model, create_recognizer, list_models, register_model
+from tcpnet.models.registry import (build_model, check_model_name, compose_model, create_recognizer, list_models,
+                                    register_model)
 from tcpnet.models.unwrap import unwrap_model
 
-__all__ = ["Recognizer", "build_model", "create_recognizer", "list_models", "register_model",
+__all__ = ["Recognizer", "build_model", "check_model_name", "compose_model", "create_recognizer", "list_models", "register_model",
            "batchnorms", "unwrap_model"]

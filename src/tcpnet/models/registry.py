@@ -18,7 +18,8 @@ from tcpnet.heads import create_head, get_head
 from tcpnet.input_config import InputConfig
 from tcpnet.models.recognizer import Recognizer
 
-__all__ = ["register_model", "build_model", "list_models", "create_recognizer", "compose_model"]
+__all__ = ["register_model", "build_model", "list_models", "create_recognizer", "compose_model",
+           "check_model_name"]
 
 _MODELS: Dict[str, Callable[..., Recognizer]] = {}
 _RECOGNIZER_OPTIONS = frozenset({"dropout", "partial_bn"})
@@ -38,16 +39,27 @@ def list_models() -> List[str]:
     return sorted(_MODELS)
 
 
+def check_model_name(name: str) -> None:
+    """Raise ValueError (listing the choices) unless ``name`` is a registered model or a
+    ``"<backbone>+<head>"`` of registered parts; builds nothing."""
+    if "+" in name:
+        backbone, _, head = name.partition("+")
+        if not backbone or not head or "+" in head:
+            raise ValueError(f"model {name!r}: expected '<backbone>+<head>'")
+        get_backbone(backbone), get_head(head)
+    elif name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of {list_models()}, or "
+                         "'<backbone>+<head>' (tcpnet.backbones.list_backbones() x tcpnet.heads.list_heads())")
+
+
 def build_model(name: str, num_classes: int = 400, num_segments: Optional[int] = None,
                 **overrides: Any) -> Recognizer:
     """Build the registered model ``name`` with fresh weights (``num_segments``: the factory's
     default T when None, 8 for the 2-D zoo). Weights are loaded afterwards, by the layer above
     (``load_pretrained(model, path)`` or ``load_checkpoint(model, path)`` of the checkpoints package)."""
+    check_model_name(name)
     if "+" in name:
         model = compose_model(name, num_classes, num_segments, overrides)
-    elif name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; expected one of {list_models()}, or "
-                         "'<backbone>+<head>' (tcpnet.backbones.list_backbones() x tcpnet.heads.list_heads())")
     else:
         if num_segments is not None:
             overrides["num_segments"] = num_segments
@@ -62,10 +74,8 @@ def compose_model(name: str, num_classes: int, num_segments: Optional[int],
                   options: Mapping[str, Any]) -> Recognizer:
     """``"<backbone>+<head>"``: any registered backbone with any registered head. T defaults to the
     one registered with the backbone's input config (8 for 2-D networks, 16 for R(2+1)D)."""
+    check_model_name(name)
     backbone, _, head = name.partition("+")
-    if not backbone or not head or "+" in head:
-        raise ValueError(f"model {name!r}: expected '<backbone>+<head>'")
-    get_backbone(backbone), get_head(head)  # unknown names: one ValueError listing the choices
     t = num_segments if num_segments is not None else backbone_input_config(backbone).num_segments
     return create_recognizer(backbone, head, num_classes, t, options)
 
