@@ -55,12 +55,13 @@ def test_train_and_test_apply_the_config_choice(retain, monkeypatch, tmp_path):
     it; it may change on resume (it is not part of the recipe)."""
     from tcpnet.config import load_config
     from tcpnet.apps import test as testing_module
+    from tcpnet.engine import setup as setup_module  # where train() calls it
     from tcpnet.engine import train as train_module
     from tcpnet.engine.checkpoint import RESUMABLE_KEYS
     from tcpnet.tools.synthetic import make_synthetic_dataset
 
     calls = []
-    monkeypatch.setattr(train_module, "retain_freed_memory", lambda: calls.append("train") or True)
+    monkeypatch.setattr(setup_module, "retain_freed_memory", lambda: calls.append("train") or True)
     monkeypatch.setattr(testing_module, "retain_freed_memory", lambda: calls.append("test") or True)
     data = tmp_path / "syn"
     make_synthetic_dataset(data, seed=0, num_classes=2, train_per_class=2, val_per_class=1,

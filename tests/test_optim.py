@@ -122,13 +122,25 @@ def test_parameters_of_non_leaf_modules_are_grouped():
     assert set(grouped) == {n for n, _ in m.named_parameters()}
 
 
-def test_a_parameter_in_two_groups_is_an_error_naming_it():
+def test_a_tied_parameter_is_grouped_once():
+    """A weight shared by two modules (tied embeddings, a shared projection) is one parameter: it
+    is in exactly one group, at its first module, and the optimizer steps it once (this used to be
+    refused as "in more than one group")."""
     m = _tiny()
     m.head.extra = torch.nn.Linear(4, 4)
     m.backbone.extra = torch.nn.Linear(4, 4)
     m.backbone.extra.weight = m.head.extra.weight                  # tied across two modules
-    with pytest.raises(ValueError, match=r"in more than one group: .*head\.extra\.weight"):
-        build_param_groups(m)
+    groups = build_param_groups(m)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert ids.count(id(m.head.extra.weight)) == 1 and len(ids) == len(set(ids))
+    assert len(ids) == len(list(m.parameters()))  # every parameter, each once
+    opt = build_optimizer(m, lr=0.1, momentum=0.0, weight_decay=0.0)
+    before = m.head.extra.weight.detach().clone()
+    for p in m.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    lr = next(g["lr"] for g in opt.param_groups if any(p is m.head.extra.weight for p in g["params"]))
+    torch.testing.assert_close(m.head.extra.weight.detach(), before - lr)  # one step, not two
 
 
 def test_every_batchnorm_kind_is_a_bn_group_member():

@@ -104,6 +104,7 @@ def run_demo(out_dir: Union[str, Path] = "demo_output", quick: bool = False, *, 
     -> seconds; its accuracies mean nothing). ``overrides`` apply to both configs."""
     from tcpnet.data.cache import clear_shared_cache
     from tcpnet.apps.demo_visuals import explain_order_pairs, write_model_report
+    from tcpnet.engine.checkpoint import CHECKPOINT_FILES
     from tcpnet.engine.train import train
 
     t_start = time.time()
@@ -121,6 +122,8 @@ def run_demo(out_dir: Union[str, Path] = "demo_output", quick: bool = False, *, 
         if num_workers is not None:
             ov.append(f"data.num_workers={num_workers}")
         cfg = load_config(demo_config_path(kind), ov + (QUICK_TRAIN if quick else []) + list(overrides))
+        for name in (*CHECKPOINT_FILES, "metrics.jsonl"):  # the demo's own previous run: trained anew
+            (out / kind / name).unlink(missing_ok=True)
         t0 = time.time()
         res = train(cfg)
         timings[f"train_{kind}"] = time.time() - t0

@@ -6,39 +6,57 @@ The schedule is a pure function of (epoch, iteration), so resuming needs no sche
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Set
+from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from tcpnet.config import OPTIMIZERS, SCHEDULES
-from tcpnet.models.batchnorm import batchnorms
+from tcpnet.heads import ParamGroupSpec
 
-__all__ = ["GROUP_NAMES", "build_param_groups", "build_optimizer", "base_lr_at", "set_lr",
+__all__ = ["GROUP_NAMES", "head_families", "build_param_groups", "build_optimizer", "base_lr_at", "set_lr",
            "group_summary", "left_out_parameters"]
 
-# (name, lr_mult, decay_mult) in the authors' order; "x" stands for lr_x_factor.
-GROUP_NAMES = ("first_conv_weight", "first_conv_bias", "normal_weight", "normal_bias",
-               "BN scale/shift", "LN scale/shift", "TCP_weight", "TCP_bias", "TCP_bn scale/shift",
-               "lr5_weight", "lr10_bias")
+# The authors' groups, in their order; a head's own families (Head.param_groups) go before the
+# classifier's (e.g. the TCP head's "TCP_weight", "TCP_bias", "TCP_bn scale/shift").
+BASE_GROUPS = ("first_conv_weight", "first_conv_bias", "normal_weight", "normal_bias",
+               "BN scale/shift", "LN scale/shift")
+CLASSIFIER_GROUPS = ("lr5_weight", "lr10_bias")
+# the published TCP model's full list (its head declares the "TCP" family)
+GROUP_NAMES = (*BASE_GROUPS, "TCP_weight", "TCP_bias", "TCP_bn scale/shift", *CLASSIFIER_GROUPS)
+_FAMILY = ("_weight", "_bias", "_bn scale/shift")
 
 
-def _multipliers(lr_x_factor: float) -> Dict[str, tuple]:
+def _multipliers(lr_x_factor: float, families: Sequence[ParamGroupSpec]) -> Dict[str, tuple]:
+    """(lr_mult, decay_mult) of every group; a family's bias has no weight decay, its norms do
+    (as the authors' TCP_bn group)."""
     x = float(lr_x_factor)
-    return {
+    mult = {
         "first_conv_weight": (1.0, 1.0), "first_conv_bias": (2.0, 0.0),
         "normal_weight": (1.0, 1.0), "normal_bias": (2.0, 0.0),
         "BN scale/shift": (1.0, 0.0), "LN scale/shift": (1.0, 0.0),
-        "TCP_weight": (x, 1.0), "TCP_bias": (x, 0.0), "TCP_bn scale/shift": (x, 1.0),
         "lr5_weight": (x, 1.0), "lr10_bias": (2.0 * x, 0.0),
     }
+    for f in families:
+        lr = x if f.lr_mult is None else float(f.lr_mult)
+        mult.update({f.name + "_weight": (lr, 1.0), f.name + "_bias": (lr, 0.0), f.name + "_bn scale/shift": (lr, 1.0)})
+    return mult
 
 
-def _head_dim(head: nn.Module) -> Optional[int]:
-    dim = getattr(head, "dim", None)
-    if dim is None and hasattr(head, "layer_reduce2"):
-        dim = head.layer_reduce2.out_channels
-    return dim
+def head_families(model: nn.Module, pretrained_dim: Optional[int] = None) -> List[ParamGroupSpec]:
+    """The optimizer families the model's head declares (``Head.param_groups``), with module
+    names made absolute (``head.<module>``)."""
+    head = getattr(getattr(model, "module", model), "head", None)
+    declare = getattr(head, "param_groups", None)
+    if declare is None:
+        return []
+    specs = declare(pretrained_dim)
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names) or set(names) & {"first_conv", "normal", "BN", "LN", "lr5", "lr10"}:
+        raise ValueError(f"head {type(head).__name__}: parameter-group families must be unique and not "
+                         f"named like the base groups, got {names}")
+    return [ParamGroupSpec(s.name, tuple(f"head.{m}" for m in s.modules), s.lr_mult) for s in specs]
 
 
 def _strip_wrappers(name: str) -> str:
@@ -67,53 +85,58 @@ def build_param_groups(model: nn.Module, *, lr_x_factor: float = 5.0, partial_bn
     ``BN scale/shift`` (``TCP_bn`` inside the attention); LayerNorm/GroupNorm -> ``LN``; any other
     parameter -> the weight group if it has 2+ dimensions, else the bias group.
 
-    TCP attention (``head.TCP_att.*``, plus ``head.layer_reduce2``/``layer_reduce_bn2`` when
-    ``pretrained_dim`` differs from the head's dim) gets ``lr_x_factor``. With ``partial_bn`` the
+    The head's own families (:meth:`~tcpnet.heads.Head.param_groups`: the TCP head asks for its
+    temporal attention, plus ``layer_reduce2``/``layer_reduce_bn2`` when ``pretrained_dim``
+    differs from its dim, at ``lr_x_factor``) take their modules' parameters. With ``partial_bn`` the
     published recipe puts the BNs outside the attention in no group: the coverage check knows
     those are left out on purpose, and :func:`left_out_parameters` names them for the log.
     Raises ``ValueError`` naming every trainable parameter that is in no group or in two.
     """
-    head = getattr(getattr(model, "module", model), "head", None)
-    dim = _head_dim(head) if head is not None else None
-    tcp_prefixes = ["head.TCP_att"]
-    if pretrained_dim is not None and dim is not None and pretrained_dim != dim:
-        tcp_prefixes += ["head.layer_reduce2", "head.layer_reduce_bn2"]
-    bn_modules = {id(m) for m in batchnorms(model)}
-
-    groups: Dict[str, List[nn.Parameter]] = {n: [] for n in GROUP_NAMES}
+    families = head_families(model, pretrained_dim)
+    order = [*BASE_GROUPS, *(f.name + suffix for f in families for suffix in _FAMILY), *CLASSIFIER_GROUPS]
+    groups: Dict[str, List[nn.Parameter]] = {n: [] for n in order}
     left_out: Set[int] = set()
+    for name, m, pname, p, is_first_conv in _own_parameters(model):
+        kind = next((f.name for f in families if _under(name, f.modules)), "normal")
+        group = _group_of(m, name, pname, p, kind, is_first_conv, partial_bn)
+        if group is None:
+            left_out.add(id(p))
+        else:
+            groups[group].append(p)
+    _check_coverage(model, groups, left_out)
+    mult = _multipliers(lr_x_factor, families)
+    return [{"params": groups[n], "name": n, "lr_mult": mult[n][0], "decay_mult": mult[n][1]} for n in order]
+
+
+def _own_parameters(model: nn.Module) -> Iterator[Tuple[str, nn.Module, str, nn.Parameter, bool]]:
+    """(module name, module, parameter name, parameter, is the first conv) for every parameter,
+    at the first module that holds it: a shared (tied) parameter is one parameter."""
+    seen: Set[int] = set()
     first_conv_seen = False
     for raw_name, m in model.named_modules():
-        own = list(m.named_parameters(recurse=False))
-        if not own:
-            continue
-        name = _strip_wrappers(raw_name)
-        kind = "TCP" if _under(name, tcp_prefixes) else "normal"
+        own = [(n, p) for n, p in m.named_parameters(recurse=False) if id(p) not in seen]
         is_first_conv = isinstance(m, _CONVS) and not first_conv_seen
         first_conv_seen = first_conv_seen or isinstance(m, _CONVS)
         for pname, p in own:
-            is_weight = pname == "weight" or (pname != "bias" and p.dim() >= 2)
-            if is_first_conv:
-                group = "first_conv_weight" if is_weight else "first_conv_bias"
-            elif name == "fc" and isinstance(m, nn.Linear):
-                group = "lr5_weight" if is_weight else "lr10_bias"
-            elif id(m) in bn_modules:
-                if kind == "TCP":
-                    group = "TCP_bn scale/shift"
-                elif partial_bn:
-                    left_out.add(id(p))
-                    continue
-                else:
-                    group = "BN scale/shift"
-            elif isinstance(m, _OTHER_NORMS):
-                group = "TCP_bn scale/shift" if kind == "TCP" else "LN scale/shift"
-            else:
-                group = f"{kind}_weight" if is_weight else f"{kind}_bias"
-            groups[group].append(p)
-    _check_coverage(model, groups, left_out)
-    mult = _multipliers(lr_x_factor)
-    return [{"params": groups[n], "name": n, "lr_mult": mult[n][0], "decay_mult": mult[n][1]}
-            for n in GROUP_NAMES]
+            seen.add(id(p))
+            yield _strip_wrappers(raw_name), m, pname, p, is_first_conv
+
+
+def _group_of(m: nn.Module, name: str, pname: str, p: nn.Parameter, kind: str, is_first_conv: bool,
+              partial_bn: bool) -> Optional[str]:
+    """The group of one parameter (None: left out on purpose by partial BN)."""
+    is_weight = pname == "weight" or (pname != "bias" and p.dim() >= 2)
+    if is_first_conv:
+        return "first_conv_weight" if is_weight else "first_conv_bias"
+    if name == "fc" and isinstance(m, nn.Linear):
+        return "lr5_weight" if is_weight else "lr10_bias"
+    if isinstance(m, _BatchNorm):  # 1-D/2-D/3-D and SyncBatchNorm alike
+        if kind != "normal":
+            return f"{kind}_bn scale/shift"
+        return None if partial_bn else "BN scale/shift"
+    if isinstance(m, _OTHER_NORMS):
+        return f"{kind}_bn scale/shift" if kind != "normal" else "LN scale/shift"
+    return f"{kind}_weight" if is_weight else f"{kind}_bias"
 
 
 def _check_coverage(model: nn.Module, groups: Dict[str, List[nn.Parameter]], left_out: Set[int]) -> None:
@@ -203,3 +226,19 @@ def group_summary(optimizer: torch.optim.Optimizer) -> List[dict]:
     return [{"name": g.get("name", str(i)), "num_tensors": len(g["params"]),
              "lr_mult": g.get("lr_mult", 1.0), "decay_mult": g.get("decay_mult", 1.0), "lr": g["lr"]}
             for i, g in enumerate(optimizer.param_groups)]
+
+
+def align_saved_groups(saved: Dict, optimizer: torch.optim.Optimizer, source: str = "checkpoint") -> Dict:
+    """An optimizer state saved with other (empty) groups, matched to ``optimizer``'s groups by
+    name: checkpoints written when every model had the TCP groups, empty for other heads, load
+    into the groups the head declares now. A non-empty group that no longer exists is an error."""
+    names = [g.get("name") for g in optimizer.param_groups]
+    groups = saved.get("param_groups", [])
+    if len(groups) == len(names) or not all("name" in g for g in groups):
+        return saved
+    kept = [g for g in groups if g["name"] in names]
+    lost = [g["name"] for g in groups if g["name"] not in names and g["params"]]
+    if lost or [g["name"] for g in kept] != names:
+        raise ValueError(f"{source}: its optimizer groups {[g['name'] for g in groups]} do not match this "
+                         f"model's {names}; resume with the model and head it was written for")
+    return {**saved, "param_groups": kept}

@@ -18,6 +18,7 @@ from torch import nn
 
 from tcpnet.checkpoints import CheckpointError
 from tcpnet.engine.checkpoint import capture_rng_state, restore_rng_state
+from tcpnet.engine.optim import align_saved_groups
 from tcpnet.engine.stats import RunningStats
 
 __all__ = ["TrainState", "DataPosition"]
@@ -105,7 +106,13 @@ class TrainState:
                 raise CheckpointError(f"{source}: has no {key!r} entry, which this run needs"
                                       + (" (train.ema_decay is set but the run that wrote it kept no EMA)"
                                          if name == "ema" else ""))
-            value.load_state_dict(ckpt[key])
+            saved = ckpt[key]
+            if name == "optimizer":
+                try:
+                    saved = align_saved_groups(saved, value, source)
+                except ValueError as e:
+                    raise CheckpointError(str(e)) from None
+            value.load_state_dict(saved)
         self.epoch, self.iteration = int(ckpt["epoch"]), int(ckpt.get("iter", 0))
         self.best_metric = float(ckpt.get("best_metric", -math.inf))
         self.best_epoch = int(ckpt.get("best_epoch", -1))

@@ -5,11 +5,11 @@ and GCP are interchangeable on any backbone that produces feature maps. Heads ar
 name: ``create_head("tcp", in_channels, num_segments=T, dim=64)``, ``list_heads()``.
 """
 from tcpnet.heads.attention import TCA, TSA, TemporalAttention
-from tcpnet.heads.base import Head, check_frame_batch
+from tcpnet.heads.base import Head, ParamGroupSpec, check_frame_batch
 from tcpnet.heads.gap import GAPHead
 from tcpnet.heads.gcp import GCPHead
 from tcpnet.heads.registry import create_head, get_head, list_heads, register_head
 from tcpnet.heads.tcp import TCPHead
 
-__all__ = ["Head", "TCPHead", "GAPHead", "GCPHead", "TemporalAttention", "TSA", "TCA",
+__all__ = ["Head", "ParamGroupSpec", "TCPHead", "GAPHead", "GCPHead", "TemporalAttention", "TSA", "TCA",
            "check_frame_batch", "create_head", "get_head", "list_heads", "register_head"]

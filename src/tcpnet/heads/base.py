@@ -5,12 +5,25 @@ unless its weights depend on T; such a head says so with ``fixed_num_segments``.
 """
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["Head", "check_frame_batch"]
+__all__ = ["Head", "ParamGroupSpec", "check_frame_batch"]
+
+
+@dataclass(frozen=True)
+class ParamGroupSpec:
+    """A family of optimizer groups that a head asks for: the parameters of its sub-modules
+    ``modules`` (names relative to the head) go to ``<name>_weight``, ``<name>_bias`` (no weight
+    decay) and ``<name>_bn scale/shift``, at ``lr_mult`` times the base learning rate
+    (None: ``train.lr_x_factor``, the published TCP attention rate)."""
+
+    name: str
+    modules: Tuple[str, ...]
+    lr_mult: Optional[float] = None
 
 
 def check_frame_batch(x: torch.Tensor, num_segments: int, in_channels: int, head: str) -> int:
@@ -37,3 +50,9 @@ class Head(nn.Module):
         """The only T this head's weights allow (e.g. a temporal convolution whose kernel depends
         on T), or None when it pools clips of any length."""
         return None
+
+    def param_groups(self, pretrained_dim: Optional[int] = None) -> List[ParamGroupSpec]:
+        """The optimizer groups this head's own policy asks for (default: none; its parameters
+        train like the backbone's). ``pretrained_dim``: the reduction width of the weights it
+        starts from, when that differs from its own a head may retrain the layers that changed."""
+        return []

@@ -3,10 +3,12 @@ all T*H*W positions of a clip. It is the base of the TCP head (same channel redu
 names, so ImageNet GCP weights load into both)."""
 from __future__ import annotations
 
+from typing import List, Optional
+
 import torch
 from torch import nn
 
-from tcpnet.heads.base import Head, check_frame_batch
+from tcpnet.heads.base import Head, ParamGroupSpec, check_frame_batch
 from tcpnet.heads.pointwise import conv1x1
 from tcpnet.heads.registry import register_head
 from tcpnet.ops import isqrt_cov
@@ -37,6 +39,13 @@ class GCPHead(Head):
         self.layer_reduce_bn2 = nn.BatchNorm2d(dim)
         self.relu = nn.ReLU(inplace=True)
         self.reset_parameters()
+
+    def param_groups(self, pretrained_dim: Optional[int] = None) -> List[ParamGroupSpec]:
+        """Started from weights of another reduction width (``pretrained_dim`` != ``dim``), the
+        second reduction is new and trains at the fast rate (the published ``TCP_*`` groups)."""
+        if pretrained_dim is None or pretrained_dim == self.dim:
+            return []
+        return [ParamGroupSpec("TCP", ("layer_reduce2", "layer_reduce_bn2"))]
 
     def reset_parameters(self) -> None:
         """Published init: reduction convs Kaiming-normal(fan_out), BNs 1/0."""

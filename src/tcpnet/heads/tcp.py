@@ -2,13 +2,13 @@
 and temporal covariance pooling with the Newton-Schulz matrix square root."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import nn
 
 from tcpnet.heads.attention import TemporalAttention
-from tcpnet.heads.base import check_frame_batch
+from tcpnet.heads.base import ParamGroupSpec, check_frame_batch
 from tcpnet.heads.gcp import GCPHead
 from tcpnet.heads.registry import register_head
 from tcpnet.ops import isqrt_cov
@@ -66,6 +66,12 @@ class TCPHead(GCPHead):
             )
         else:
             self.TCP_att = nn.Identity()
+
+    def param_groups(self, pretrained_dim: Optional[int] = None) -> List[ParamGroupSpec]:
+        """The temporal attention trains at ``train.lr_x_factor`` (the published ``TCP_*`` groups),
+        with the second reduction when it is new (see :meth:`GCPHead.param_groups`)."""
+        moved = tuple(m for spec in super().param_groups(pretrained_dim) for m in spec.modules)
+        return [ParamGroupSpec("TCP", ("TCP_att", *moved))]
 
     @property
     def num_segments(self) -> int:
