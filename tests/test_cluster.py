@@ -387,3 +387,28 @@ def test_each_elastic_attempt_has_its_own_store_keys(monkeypatch):
     assert not second.check(["default_pg/0//rank_1"])
     second.set("default_pg/0//rank_1", "live")
     assert second.get("default_pg/0//rank_1") == b"live"
+
+
+HOOKED = ("train.ema_decay=0.8", "train.log_grad_norm=true", "train.mixup_alpha=0.4", "train.label_smoothing=0.1")
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_sigkill_with_ema_grad_norm_and_mixup_then_resume_is_exact(tiny_data, script, tmp_path, nproc):
+    """The hooks keep the guarantee: with EMA, gradient-norm logging, mixup and label smoothing on,
+    a run SIGKILLed inside epoch 2 and resumed ends with the uninterrupted run's weights and EMA
+    (1e-6), and logs the same gradient norms."""
+    launch = ([sys.executable, str(script)] if nproc == 1
+              else _torchrun("--standalone", f"--nproc_per_node={nproc}", str(script)))
+    ref, out = tmp_path / "ref", tmp_path / "cut"
+    _finish(_start(launch + _args(tiny_data, ref, *HOOKED)))
+    proc = _start(launch + _args(tiny_data, out, *HOOKED))
+    _wait_for(out, epoch=1, it=3, proc=proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert torch.load(out / "last.pt", weights_only=True)["iter"] == 2
+    _finish(_start(launch + _args(tiny_data, out, *HOOKED)))
+    _assert_same_weights(ref / "final_rank0.pt", out / "final_rank0.pt")
+    ema_ref, ema_cut = (torch.load(d / "ema.pt", weights_only=True)["state_dict"] for d in (ref, out))
+    assert max((ema_ref[k].double() - ema_cut[k].double()).abs().max().item() for k in ema_ref) <= 1e-6
+    norms = [[r["grad_norm"] for r in _records(d)] for d in (ref, out)]
+    assert len(norms[0]) == 8 and norms[1] == pytest.approx(norms[0], rel=1e-6)

@@ -27,9 +27,10 @@ EXIT_USAGE = 2
 
 # ---------------------------------------------------------------------------------- logging
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
-    """INFO (or DEBUG with -v) to stderr; WARNING only with -q and on DDP ranks other than 0."""
+    """INFO (or DEBUG with -v) to stderr; WARNING only with -q and on all but the first rank of
+    each node (under torchrun every node's terminal shows its own progress, once)."""
     level = logging.DEBUG if verbose else logging.INFO
-    if quiet or int(os.environ.get("RANK", "0")) > 0:
+    if quiet or int(os.environ.get("LOCAL_RANK", "0")) > 0:
         level = logging.WARNING
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -47,9 +48,14 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
 
 # ---------------------------------------------------------------------------------- commands
 def _load_cfg(args: argparse.Namespace, extra: Sequence[str] = ()):
+    """The config file plus overrides, with the plugins it names (``imports:``) loaded, so its
+    backbone, head and list-format names can be looked up."""
     from tcpnet.config import find_config, load_config
+    from tcpnet.utils.plugins import load_plugins
 
-    return load_config(find_config(args.config), list(args.overrides) + list(extra))
+    cfg = load_config(find_config(args.config), list(args.overrides) + list(extra))
+    load_plugins(cfg.imports, source=f"{args.config}: imports")
+    return cfg
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -468,7 +474,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("tcpnet: interrupted", file=sys.stderr)
         return 130
     except Preempted as e:
-        print(f"tcpnet: {e}", file=sys.stderr)
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one stop line per node, not one per rank
+            print(f"tcpnet: {e}", file=sys.stderr)
         return EXIT_PREEMPTED
     except BrokenPipeError:  # stdout closed early (e.g. `tcpnet predict ... | head`): not an error
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -482,7 +489,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from tcpnet.data.errors import DecodeError
 
         expected = (ConfigError, CheckpointError, DecodeError, OSError, ValueError, TypeError, KeyError,
-                    FloatingPointError)
+                    FloatingPointError, ImportError)
         msg = _error_message(e)
         if not isinstance(e, expected):
             msg = f"{type(e).__name__}: {msg} (run with --debug for the traceback)"

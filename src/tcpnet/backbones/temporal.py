@@ -53,9 +53,15 @@ class TemporalModule(nn.Module):
             "module and checks the head")
 
 
-def assign_num_segments(module: nn.Module, num_segments: int) -> None:
-    """Set T on ``module`` and every :class:`TemporalModule` inside it. Only the owning
-    Recognizer calls this (from ``set_num_segments``), so T cannot diverge between parts."""
+def assign_num_segments(module: nn.Module, num_segments: int, *, owner: object = None) -> None:
+    """Set T on ``module`` and every :class:`TemporalModule` inside it. A backbone that belongs
+    to a Recognizer holds that model's token (``_t_owner``) and accepts T only with it: set from
+    anywhere else, the backbone's T would silently differ from the model's (logits change, no
+    error). Use ``model.set_num_segments(T)``."""
+    held = getattr(module, "_t_owner", None)
+    if held is not None and held is not owner:
+        raise AttributeError(f"the T of this {type(module).__name__} belongs to its model: call "
+                             f"model.set_num_segments({num_segments!r}) on the Recognizer instead")
     t = check_num_segments(num_segments)
     for m in module.modules():
         if isinstance(m, TemporalModule):

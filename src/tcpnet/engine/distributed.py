@@ -62,6 +62,12 @@ def init_distributed(device: str = "auto") -> DistInfo:
         store, _, _ = next(dist.rendezvous("env://"))
         dist.init_process_group(backend=backend, store=_per_attempt(store), rank=rank, world_size=world_size)
         logger.info("process group: backend=%s rank=%d/%d device=%s", backend, rank, world_size, dev)
+        if local_rank == 0:  # one line per node, so every node's terminal says what it runs
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            node = os.environ.get("GROUP_RANK", str(rank // max(local, 1)))
+            where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+            logger.info("node %s: ranks %d-%d of %d, rendezvous %s (%s)", node, rank, rank + local - 1,
+                           world_size, where, os.environ.get("TORCHELASTIC_RUN_ID", "no run id"))
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 

@@ -10,6 +10,10 @@ from tcpnet.heads.gap import GAPHead
 from tcpnet.heads.gcp import GCPHead
 from tcpnet.heads.registry import create_head, get_head, list_heads, register_head
 from tcpnet.heads.tcp import TCPHead
+from tcpnet.utils.plugins import import_submodules
 
 __all__ = ["Head", "ParamGroupSpec", "TCPHead", "GAPHead", "GCPHead", "TemporalAttention", "TSA", "TCA",
            "check_frame_batch", "create_head", "get_head", "list_heads", "register_head"]
+
+# Every module of this package registers what it defines: a new head is one new file here.
+import_submodules(__name__)

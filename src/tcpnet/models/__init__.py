@@ -6,6 +6,10 @@ from tcpnet.models.recognizer import Recognizer
 from tcpnet.models.registry import (build_model, check_model_name, compose_model, create_recognizer, list_models,
                                     register_model)
 from tcpnet.models.unwrap import unwrap_model
+from tcpnet.utils.plugins import import_submodules
 
 __all__ = ["Recognizer", "build_model", "check_model_name", "compose_model", "create_recognizer", "list_models", "register_model",
            "batchnorms", "unwrap_model"]
+
+# Every module of this package registers what it defines: a new model factory is one new file here.
+import_submodules(__name__)

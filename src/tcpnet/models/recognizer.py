@@ -74,8 +74,10 @@ class Recognizer(nn.Module):
         if fixed is not None:
             raise ValueError(f"head was built for num_segments={fixed} but the backbone for "
                              f"{self.head_segments(t)}{self._describe_t(t)}")
+        self._t_owner = object()  # the token that lets this model, and no one else, set the backbone's T
         if layout == "frames":
-            assign_num_segments(backbone, t)
+            assign_num_segments(backbone, t)  # a fresh backbone: not owned yet
+            backbone._t_owner = self._t_owner
         self._input_config = dataclasses.replace(input_config or InputConfig(), num_segments=t)
         self.model_name: Optional[str] = None
         self._model_kwargs: Dict[str, Any] = {}
@@ -129,7 +131,7 @@ class Recognizer(nn.Module):
                 f"num_segments={fixed} and its weights fix T (TCP's temporal convolution has kernel "
                 f"T//2+1); build a new model with num_segments={t}, or one with temporal_conv=False")
         if self.layout == "frames":
-            assign_num_segments(self.backbone, t)
+            assign_num_segments(self.backbone, t, owner=self._t_owner)
         self._input_config = dataclasses.replace(self._input_config, num_segments=t)
         return self
 
