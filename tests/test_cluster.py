@@ -226,6 +226,29 @@ def test_stop_signal_under_torchrun_stops_every_rank_at_the_same_step(tiny_data,
     _assert_same_weights(reference_2p / "final_rank0.pt", out / "final_rank1.pt")
 
 
+def test_tcpnet_train_under_torchrun_prints_one_stop_line_per_node(tiny_data, tmp_path):
+    """SIGTERM to the torchrun agent: each rank writes and exits 75 (torchrun itself then exits 1,
+    as it does for any non-zero worker), and the node prints the stop line once, not once per rank."""
+    out = tmp_path / "run"
+    proc = _start(_torchrun("--standalone", "--nproc_per_node=2", "-m", "tcpnet", "train")
+                  + [str(_tiny_yaml(tmp_path)), *_args(tiny_data, out, "train.epochs=20")])
+    _wait_for(out, epoch=0, it=1, proc=proc)
+    proc.send_signal(signal.SIGTERM)
+    text = proc.communicate(timeout=300)[0].decode()
+    assert proc.returncode != 0
+    assert text.count("tcpnet: stopped on a signal at epoch 1") == 1, text[-3000:]
+    marker = json.loads((out / "preempted.json").read_text())  # what a job script reads under torchrun
+    assert marker["exit_code"] == 75 and marker["checkpoint"] == str(out / "last.pt")
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert (marker["epoch"], marker["iteration"]) == (ckpt["epoch"], ckpt["iter"])
+
+
+def _tiny_yaml(tmp_path: Path) -> Path:
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("model: {name: tcp_tiny}\n")
+    return cfg
+
+
 def test_two_nodes_with_c10d_rendezvous(tiny_data, script, tmp_path):
     """Two torchrun launchers (one process each) on 127.0.0.1, as two machines would run them."""
     out = tmp_path / "run"
@@ -233,8 +256,10 @@ def test_two_nodes_with_c10d_rendezvous(tiny_data, script, tmp_path):
     common = ["--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
               "--rdzv_id=tcpnet-two-nodes", "--max-restarts=0"]
     nodes = [_start(_torchrun(*common, str(script)) + _args(tiny_data, out, "train.epochs=1")) for _ in range(2)]
-    for p in nodes:
-        _finish(p)
+    texts = [_finish(p) for p in nodes]
+    # each node's terminal says which ranks it runs and where the rendezvous is (one line per node)
+    lines = sorted(next(ln for ln in t.splitlines() if "node " in ln and ": ranks" in ln) for t in texts)
+    assert "node 0: ranks 0-0 of 2" in lines[0] and "node 1: ranks 1-1 of 2" in lines[1]
     a, b = (torch.load(out / f"final_rank{r}.pt", weights_only=True) for r in (0, 1))
     params = [k for k in a if "running" not in k and "num_batches" not in k]
     assert all(torch.equal(a[k], b[k]) for k in params)  # bitwise-identical weights on both nodes

@@ -10,6 +10,7 @@ SIGKILL. SIGTERM/SIGUSR1/SIGINT stop after the current step with a checkpoint
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -29,7 +30,7 @@ from tcpnet.engine.hooks.nonfinite import NonFiniteError
 from tcpnet.engine.logs import RunLogger, plot_curves
 from tcpnet.engine.loop import LoopContext, train_one_epoch
 from tcpnet.engine.optim import base_lr_at, group_summary, left_out_parameters
-from tcpnet.engine.preemption import Preempted, StopSignals
+from tcpnet.engine.preemption import EXIT_PREEMPTED, Preempted, StopSignals
 from tcpnet.engine.setup import Run, seed_epoch
 from tcpnet.models import unwrap_model
 
@@ -100,6 +101,21 @@ def _stop_message(run: Run) -> str:
             f"(train.auto_resume picks up {last})")
 
 
+PREEMPTED_FILE = "preempted.json"
+
+
+def preempted(run: Run) -> Preempted:
+    """The exception that ends a run stopped by a signal, after writing ``preempted.json`` (where
+    and why, and exit code 75): under torchrun the launcher's own exit code is 1 whatever its
+    workers returned, so a job script reads this file to know the run is resumable."""
+    if run.is_main:
+        s = run.state
+        info = {"exit_code": EXIT_PREEMPTED, "epoch": s.epoch, "iteration": s.iteration,
+                "checkpoint": str(run.out_dir / "last.pt"), "time": time.time()}
+        (run.out_dir / PREEMPTED_FILE).write_text(json.dumps(info) + "\n")
+    return Preempted(_stop_message(run), str(run.out_dir / "last.pt"))
+
+
 def run_epoch(run: Run, ctx: LoopContext) -> float:
     """Train the rest of epoch ``run.state.epoch``, writing a checkpoint at each pause a hook asks
     for; raises Preempted after a stop signal (checkpoint written). Returns the epoch's seconds."""
@@ -121,7 +137,7 @@ def run_epoch(run: Run, ctx: LoopContext) -> float:
             save_training_checkpoint(ckpt, run.out_dir / "last.pt")
             run.last_save = time.time()
         if stop == "signal":
-            raise Preempted(_stop_message(run), str(run.out_dir / "last.pt"))
+            raise preempted(run)
     run.train_sampler.start = 0
     return time.time() - t0
 
@@ -272,7 +288,7 @@ def fit(run: Run) -> Dict[str, Any]:
                 record, ev = end_epoch(run, ctx, run_epoch(run, ctx))
                 last_eval = ev or last_eval
                 if state.epoch < tc.epochs and run.signals.requested(run.device):
-                    raise Preempted(_stop_message(run), str(run.out_dir / "last.pt"))
+                    raise preempted(run)
         run.run_log.log("end", step=tc.epochs * run.iters_per_epoch, best_epoch=state.best_epoch,
                         best_metric=None if state.best_epoch < 0 else state.best_metric)
     finally:

@@ -260,6 +260,7 @@ def setup(cfg: Config) -> Run:
     if run.is_main:
         prepare_output_dir(run.out_dir)
         run.lock = OutputLock.acquire(run.out_dir)
+        (run.out_dir / "preempted.json").unlink(missing_ok=True)  # a stop of an earlier attempt
     try:
         records, run.class_names, run.num_classes = _read_classes(cfg)
         run.cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=model_name(cfg.model)))
