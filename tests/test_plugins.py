@@ -24,6 +24,7 @@ from torch import nn
 from tcpnet.backbones import FrameBackbone, register_backbone
 from tcpnet.data.formats import ListSource, register_list_format
 from tcpnet.data.records import RecordList, VideoRecord
+from tcpnet.engine.hooks import Hook, register_hook
 from tcpnet.heads import Head, ParamGroupSpec, check_frame_batch, register_head
 
 
@@ -59,6 +60,21 @@ class PluginMax(Head):
         return [ParamGroupSpec("PLUG", ("proj",), lr_mult=3.0)]
 
 
+@register_hook("plugin_counter")
+class StepCounter(Hook):
+    """Counts optimizer steps into its own statistic; options come from the config's hooks: key."""
+    stats = ("plugin_steps",)
+
+    def __init__(self, weight: float = 1.0) -> None:
+        self.weight = weight
+
+    def after_step(self, step, stats):
+        stats.add("plugin_steps", self.weight)
+
+    def on_epoch_end(self, totals, record):
+        record["plugin_steps"] = totals["plugin_steps"]
+
+
 @register_list_format("plugin_csv")
 def read_plugin_csv(source: ListSource) -> RecordList:
     rows = [line.split(",") for line in open(source.path).read().splitlines() if line.strip()]
@@ -68,6 +84,7 @@ def read_plugin_csv(source: ListSource) -> RecordList:
 
 CONFIG = '''
 imports: [tcpnet_test_plugin]
+hooks: {{plugin_counter: {{weight: 2.0}}}}
 model:
   backbone: plugin_net
   head: plugin_max
@@ -130,6 +147,9 @@ def test_plugin_from_outside_the_package_trains_and_tests_through_the_cli(plugin
     assert ckpt["model_name"] == "plugin_net+plugin_max" and ckpt["epoch"] == 2
     start = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     groups = {g["name"]: g for g in start["groups"]}
+    assert "plugin_counter" in start["hooks"]
+    epochs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"epoch"' in x]
+    assert [r["plugin_steps"] for r in epochs if r["event"] == "epoch"] == [4.0, 4.0]  # 2 steps x weight 2
     assert groups["PLUG_weight"]["num_tensors"] == 1 and groups["PLUG_bias"]["lr_mult"] == 3.0
     tested = _tcpnet("test", str(cfg), "--checkpoint", str(out / "best.pt"), "--out", str(tmp_path / "test"),
                      env=env)

@@ -114,6 +114,7 @@ class Config:
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     retain_freed_memory: bool = True    # glibc: keep freed memory (no page faults per step, more RSS; utils.malloc)
     imports: List[str] = field(default_factory=list)  # modules imported before the config's names are looked up (plugins)
+    hooks: Dict[str, Any] = field(default_factory=dict)  # options of registered loop hooks by name (plugins' own keys)
 
 
 DEFAULT_MODEL = "tcp_tsn_r50"

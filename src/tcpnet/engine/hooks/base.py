@@ -47,8 +47,10 @@ class Hook:
 
     @classmethod
     def from_run(cls, run: Any) -> Optional["Hook"]:
-        """The hook for this run (``run.cfg`` is the Config), or None when it is off."""
-        return None
+        """The hook for this run (``run.cfg`` is the Config), or None when it is off. The default:
+        on when the config's ``hooks:`` mapping names it, built with those options as keywords."""
+        options = run.cfg.hooks.get(cls.name) if run.cfg.hooks else None
+        return None if options is None else cls(**dict(options))
 
     def on_fit_start(self, run: Any) -> None:
         """Once, after setup (and resume), before the first epoch."""
@@ -99,6 +101,19 @@ def list_hooks() -> List[str]:
 
 
 def build_hooks(run: Any) -> List[Hook]:
-    """The hooks that are on for ``run``, sorted by ``order`` then name."""
-    hooks = [h for h in (_HOOKS[n].from_run(run) for n in list_hooks()) if h is not None]
+    """The hooks that are on for ``run``, sorted by ``order`` then name. A name under the config's
+    ``hooks:`` that no hook is registered as is an error naming it (a typo would silently do nothing)."""
+    names = list_hooks()
+    unknown = sorted(set(run.cfg.hooks or {}) - set(names))
+    if unknown:
+        raise ValueError(f"hooks: {unknown} are not registered loop hooks; registered: {names} (a hook "
+                         "from outside the package needs its module under imports:)")
+    hooks = []
+    for n in names:
+        try:
+            hook = _HOOKS[n].from_run(run)
+        except TypeError as e:
+            raise ValueError(f"hooks.{n}: {e}") from None
+        if hook is not None:
+            hooks.append(hook)
     return sorted(hooks, key=lambda h: (h.order, h.name))
