@@ -1,9 +1,14 @@
 """Config: YAML + overrides, schema errors naming the key (and file), every shipped config loads."""
+import dataclasses
+import functools
+import typing
 from pathlib import Path
+from typing import List
 
 import pytest
 
-from tcpnet.config import Config, ConfigError, config_from_dict, config_to_dict, load_config, save_config
+from tcpnet.config import (RANGES, Config, ConfigError, Range, config_from_dict, config_to_dict, find_config,
+                           list_configs, load_config, save_config)
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
 
@@ -182,3 +187,139 @@ def test_empty_config_file_and_a_config_without_data_lists_are_refused(tmp_path)
     with pytest.raises(ConfigError, match=r"data\.train_list is not set"):
         train(cfg)
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+# ------------------------------------------------------------------------- numeric ranges
+def _holds_a_number(hint) -> bool:
+    """Whether an int or a float appears anywhere in a type hint (bool does not count)."""
+    return hint in (int, float) or any(_holds_a_number(a) for a in typing.get_args(hint))
+
+
+def _numeric_keys() -> List[str]:
+    """Dotted keys of every numeric field of Config and of each of its sections, found from the
+    dataclasses themselves, so a new key is covered without being listed here."""
+    keys = []
+    for top in dataclasses.fields(Config):
+        hint = typing.get_type_hints(Config)[top.name]
+        if dataclasses.is_dataclass(hint):
+            keys += [f"{top.name}.{f.name}" for f in dataclasses.fields(hint)
+                     if _holds_a_number(typing.get_type_hints(hint)[f.name])]
+        elif _holds_a_number(hint):
+            keys.append(top.name)
+    return keys
+
+
+NUMERIC_KEYS = _numeric_keys()
+
+
+def test_every_numeric_key_has_a_range():
+    assert len(NUMERIC_KEYS) > 20  # the walk above found the sections
+    missing = [k for k in NUMERIC_KEYS if k not in RANGES]
+    assert not missing, f"numeric config keys without a range in tcpnet.config.RANGES: {missing}"
+    stale = [k for k in RANGES if k not in NUMERIC_KEYS]
+    assert not stale, f"RANGES names keys that are not numeric config fields: {stale}"
+
+
+def _default(key: str):
+    return functools.reduce(getattr, key.split("."), Config())
+
+
+def _as_value(key: str, item):
+    """``item`` in the shape of the key: a list-valued key gets its default with the first item replaced."""
+    default = _default(key)
+    return [item, *default[1:]] if isinstance(default, list) else item
+
+
+def _bad_items(rng: Range) -> List:
+    """Values outside ``rng``: negative, zero (where the range excludes it), NaN, the infinities, 2**70,
+    just past each end, and an open end itself."""
+    bad = [-1, 0, float("nan"), float("inf"), float("-inf"), 2**70, -2**70, rng.lo - 1, rng.hi + 1]
+    bad += [rng.lo] if rng.lo_open else []
+    bad += [rng.hi] if rng.hi_open else []
+    return [v for v in bad if v not in rng]
+
+
+BAD_CASES = [(key, v) for key in NUMERIC_KEYS for v in _bad_items(RANGES.get(key, Range(0, 0)))]
+
+
+@pytest.mark.parametrize("key, item", BAD_CASES, ids=[f"{k}={v}" for k, v in BAD_CASES])
+def test_numeric_key_out_of_range_is_one_line_naming_the_key(key, item):
+    """From an override (YAML-typed, so 2**70 and nan reach int keys too) and from a dict (a checkpoint's
+    copy): a ConfigError of one line with the key and its allowed range."""
+    value = _as_value(key, item)
+    override = f"{key}={value}"
+    *sections, name = key.split(".")
+    as_dict = {name: value}
+    for section in reversed(sections):
+        as_dict = {section: as_dict}
+    for load in (lambda: load_config(None, [override]), lambda: config_from_dict(as_dict)):
+        with pytest.raises(ConfigError) as e:
+            load()
+        msg = str(e.value)
+        assert key in msg and str(RANGES[key]) in msg and "\n" not in msg, msg
+
+
+@pytest.mark.parametrize("key", NUMERIC_KEYS)
+def test_numeric_key_accepts_its_closed_ends(key):
+    rng = RANGES[key]
+    ends = ([] if rng.lo_open else [rng.lo]) + ([] if rng.hi_open else [rng.hi])
+    for end in ends:
+        value = _as_value(key, end)
+        cfg = load_config(None, [f"{key}={value}"])
+        assert functools.reduce(getattr, key.split("."), cfg) == value
+
+
+def test_range_errors_from_the_issue():
+    """The reported cases: each fails when the config loads, naming the key and the allowed range."""
+    cases = {"train.clip_grad_norm=-1": "train.clip_grad_norm must be > 0 and <= 1_000_000, or null, got -1.0",
+             "train.max_iters_per_epoch=-1": "train.max_iters_per_epoch must be >= 1",
+             "train.lr=nan": "train.lr must be > 0 and <= 100, got nan",
+             "train.lr=inf": "train.lr must be > 0", "train.warmup_epochs=nan": "train.warmup_epochs must be >= 0",
+             "seed=2**70": "'seed': Value '2**70' of type 'str' could not be converted to Integer; seed must be an "
+                           "integer >= 0 and <= 18_446_744_073_709_551_615",
+             f"seed={2**70}": "seed must be >= 0 and <= 18_446_744_073_709_551_615, got 1180591620717411303424",
+             "model.num_segments=100000": "model.num_segments must be >= 1 and <= 1024 frames, or null, got 100000",
+             "train.lr_steps=[20,-40]": "every item of train.lr_steps must be >= 1"}
+    for override, expected in cases.items():
+        with pytest.raises(ConfigError) as e:
+            load_config(None, [override])
+        assert expected in str(e.value), str(e.value)
+
+
+def test_a_yaml_file_out_of_range_names_file_and_key(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("train:\n  clip_grad_norm: -1\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml: train\.clip_grad_norm must be > 0"):
+        load_config(f)
+    f.write_text("seed: 2**70\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml: bad value for 'seed'.*seed must be an integer >= 0"):
+        load_config(f)
+
+
+def test_a_range_error_on_the_command_line_is_one_line(tmp_path, capsys):
+    import logging
+
+    from tcpnet.cli import main
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        rc = main(["train", "demo/tcp", "seed=2**70", f"output_dir={tmp_path / 'run'}"])
+    finally:  # the CLI configures logging
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    assert rc != 0 and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.strip()] == [line for line in err.splitlines()
+                                                                    if line.startswith("tcpnet: error:")]
+    assert "seed must be an integer >= 0" in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", list_configs())
+def test_shipped_configs_are_in_range(name):
+    cfg = load_config(find_config(name))
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_defaults_are_in_range():
+    assert config_from_dict(config_to_dict(Config())) == load_config(None) == Config()

@@ -1,12 +1,16 @@
 """Typed run configuration: dataclasses loaded from YAML (configs/) plus ``key=value`` overrides.
 
 The schema lives in the dataclasses below; OmegaConf checks every key and type against it, so
-a typo or a wrong type fails at once with the key's name (and the file it came from).
+a typo or a wrong type fails at once with the key's name (and the file it came from). Every
+numeric key has its allowed range in :data:`RANGES`, checked when the config loads.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -18,6 +22,7 @@ __all__ = [
     "Config", "ModelConfig", "DataConfig", "TrainConfig", "TestConfig", "ConfigError",
     "load_config", "config_from_dict", "config_to_dict", "config_to_yaml", "save_config",
     "parse_views", "parse_interval", "model_name", "DEFAULT_MODEL", "resolve_fusion", "SCHEDULES", "OPTIMIZERS", "AMP_MODES", "FUSIONS", "READERS",
+    "Range", "RANGES",
 ]
 
 
@@ -149,6 +154,116 @@ _CHOICES = {
 }
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key allows: ``lo``..``hi``, each end closed or open; NaN and the
+    infinities never pass. A list-valued key applies it to every item."""
+    lo: Union[int, float]
+    hi: Union[int, float]
+    lo_open: bool = False
+    hi_open: bool = False
+    unit: str = ""
+
+    def __contains__(self, value: Union[int, float]) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        above = value > self.lo if self.lo_open else value >= self.lo
+        below = value < self.hi if self.hi_open else value <= self.hi
+        return above and below
+
+    def __str__(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        return (f"{'>' if self.lo_open else '>='} {_number(self.lo)} and "
+                f"{'<' if self.hi_open else '<='} {_number(self.hi)}{unit}")
+
+
+def _number(v: Union[int, float]) -> str:
+    """A bound as a person reads it: 0.5, 1, 100000, 1_000_000 (digits grouped from a million up)."""
+    if isinstance(v, float) and not v.is_integer():
+        return f"{v:g}"
+    return f"{int(v):_}" if abs(v) >= 10**6 else str(int(v))
+
+
+_UNIT = Range(0.0, 1.0, hi_open=True)  # [0, 1): dropout, momentum, betas, smoothing
+
+# The allowed range of every numeric key (int or float, Optional or list of them: null always
+# passes where the type allows it). One entry per key; tests/test_config.py fails on a numeric
+# field of the dataclasses above that has none. Upper bounds catch typos and values that would
+# exhaust memory (a clip of 100000 frames) while leaving room for every real recipe.
+RANGES: Dict[str, Range] = {
+    "model.num_segments": Range(1, 1024, unit="frames"),
+    "model.num_classes": Range(1, 100_000),
+    "model.dropout": _UNIT,
+    "model.pretrained_dim": Range(1, 8192),
+    "data.split": Range(1, 100),
+    "data.num_workers": Range(0, 1024),
+    "data.crop_size": Range(1, 4096, unit="pixels"),
+    "data.scale_size": Range(1, 4096, unit="pixels"),
+    "data.cache_decoded_mb": Range(0, 2**20, unit="MiB"),
+    "data.decode_timeout": Range(0.0, 86400.0, lo_open=True, unit="seconds"),
+    "train.epochs": Range(1, 100_000),
+    "train.batch_size": Range(1, 1_000_000),
+    "train.lr": Range(0.0, 100.0, lo_open=True),
+    "train.momentum": _UNIT,
+    "train.weight_decay": Range(0.0, 1.0),
+    "train.betas": _UNIT,
+    "train.lr_steps": Range(1, 100_000, unit="epochs"),
+    "train.warmup_epochs": Range(0.0, 10_000.0),
+    "train.lr_x_factor": Range(0.0, 1000.0, lo_open=True),
+    "train.clip_grad_norm": Range(0.0, 1e6, lo_open=True),  # null, not 0, disables clipping
+    "train.accumulate_steps": Range(1, 10_000),
+    "train.ema_decay": Range(0.0, 1.0, lo_open=True, hi_open=True),
+    "train.mixup_alpha": Range(0.0, 100.0),
+    "train.cutmix_alpha": Range(0.0, 100.0),
+    "train.max_consecutive_failures": Range(1, 1_000_000),
+    "train.log_every": Range(1, 1_000_000, unit="iterations"),
+    "train.eval_every": Range(1, 100_000, unit="epochs"),
+    "train.max_iters_per_epoch": Range(1, 10**9),
+    "train.label_smoothing": _UNIT,
+    "test.batch_size": Range(1, 1_000_000),
+    "seed": Range(0, 2**64 - 1),  # what torch.manual_seed accepts (numpy's SeedSequence: any int >= 0)
+}
+
+
+def _numeric_type(hint: Any) -> Optional[type]:
+    """``int`` or ``float`` for the type hint of a numeric field (also inside ``Optional[...]`` or
+    ``List[...]``), else None (``bool`` is not numeric here)."""
+    origin, args = typing.get_origin(hint), [a for a in typing.get_args(hint) if a is not type(None)]
+    if origin in (Union, list) and len(args) == 1:
+        return _numeric_type(args[0])
+    return hint if hint in (int, float) else None
+
+
+@functools.lru_cache(maxsize=None)
+def _field_hint(key: str) -> Any:
+    """The resolved type hint of a dotted key (``train.lr``, ``seed``)."""
+    *sections, name = key.split(".")
+    cls: Any = Config
+    for section in sections:
+        cls = typing.get_type_hints(cls)[section]
+    return typing.get_type_hints(cls)[name]
+
+
+def _expected(key: str, kind: bool = False) -> str:
+    """``train.lr must be > 0 and <= 100``: what a range error says (``kind``: integer or number too)."""
+    hint = _field_hint(key)
+    is_int = _numeric_type(hint) is int
+    what = ("an integer " if is_int else "a number ") if kind else ""
+    null = ", or null" if type(None) in typing.get_args(hint) else ""
+    if typing.get_origin(hint) is list:
+        return f"every item of {key} must be {what}{RANGES[key]}"
+    return f"{key} must be {what}{RANGES[key]}{null}"
+
+
+def _check_ranges(cfg: "Config", source: str) -> None:
+    """Every key of :data:`RANGES` holds an allowed value (or null where its type allows it)."""
+    for key, allowed in RANGES.items():
+        value = functools.reduce(getattr, key.split("."), cfg)
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None and item not in allowed:
+                raise ConfigError(f"{source}: {_expected(key)}, got {value!r}")
+
+
 def parse_interval(text: Union[str, int]) -> Tuple[str, float]:
     """``"500"`` -> ("iters", 500); ``"10m"``/``"10min"``/``"2.5m"`` -> ("minutes", 10.0)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(m|min|minutes)?\s*", str(text))
@@ -186,7 +301,9 @@ def _describe(e: OmegaConfBaseException, source: str) -> str:
     first = str(e).splitlines()[0] if str(e) else type(e).__name__
     if isinstance(e, ConfigKeyError):
         return f"{source}: unknown key '{key}' ({first})"
-    return f"{source}: bad value for '{key}': {first}"
+    ranged = re.sub(r"\[\d+\]$", "", key)  # train.lr_steps[1] -> train.lr_steps
+    hint = f"; {_expected(ranged, kind=True)}" if ranged in RANGES else ""
+    return f"{source}: bad value for '{key}': {first}{hint}"
 
 
 def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
@@ -197,6 +314,7 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
 
 
 def _validate(cfg: Config, source: str) -> None:
+    _check_ranges(cfg, source)
     for key, allowed in _CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -211,32 +329,8 @@ def _validate(cfg: Config, source: str) -> None:
     if mc.backbone is not None and mc.name not in (None, model_name(mc)):
         raise ConfigError(f"{source}: model.name={mc.name!r} and model.backbone/model.head={model_name(mc)!r} "
                           "name two models; set one of them")
-    if cfg.model.num_segments is not None and cfg.model.num_segments < 1:
-        raise ConfigError(f"{source}: model.num_segments must be >= 1 or null, got {cfg.model.num_segments}")
-    if not 0.0 <= cfg.train.label_smoothing < 1.0:
-        raise ConfigError(f"{source}: train.label_smoothing must be in [0, 1), got {cfg.train.label_smoothing}")
     if cfg.train.label_smoothing and cfg.data.multi_label:
         raise ConfigError(f"{source}: train.label_smoothing is for single-label data; data.multi_label is true")
-    positive = {"train.epochs": cfg.train.epochs,
-                "train.batch_size": cfg.train.batch_size, "train.accumulate_steps": cfg.train.accumulate_steps,
-                "train.log_every": cfg.train.log_every, "train.eval_every": cfg.train.eval_every,
-                "test.batch_size": cfg.test.batch_size}
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{source}: {key} must be >= 1, got {value}")
-    if cfg.data.decode_timeout is not None and not cfg.data.decode_timeout > 0:
-        raise ConfigError(f"{source}: data.decode_timeout must be > 0 seconds or null, got {cfg.data.decode_timeout}")
-    if cfg.data.cache_decoded_mb < 0:
-        raise ConfigError(f"{source}: data.cache_decoded_mb must be >= 0, got {cfg.data.cache_decoded_mb}")
-    if not 0.0 <= cfg.model.dropout < 1.0:
-        raise ConfigError(f"{source}: model.dropout must be in [0, 1), got {cfg.model.dropout}")
-    if cfg.train.lr <= 0:
-        raise ConfigError(f"{source}: train.lr must be > 0, got {cfg.train.lr}")
-    if cfg.train.ema_decay is not None and not 0.0 < cfg.train.ema_decay < 1.0:
-        raise ConfigError(f"{source}: train.ema_decay must be in (0, 1) or null, got {cfg.train.ema_decay}")
-    for key in ("mixup_alpha", "cutmix_alpha"):
-        if getattr(cfg.train, key) < 0:
-            raise ConfigError(f"{source}: train.{key} must be >= 0, got {getattr(cfg.train, key)}")
     if cfg.data.multi_label and (cfg.train.mixup_alpha > 0 or cfg.train.cutmix_alpha > 0):
         raise ConfigError(f"{source}: train.mixup_alpha/cutmix_alpha are for single-label data; "
                           "data.multi_label is true")
@@ -245,8 +339,9 @@ def _validate(cfg: Config, source: str) -> None:
             parse_interval(cfg.train.checkpoint_every)
         except ValueError as e:
             raise ConfigError(f"{source}: train.checkpoint_every: {e}") from None
-    if len(cfg.train.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.train.betas):
-        raise ConfigError(f"{source}: train.betas must be two numbers in [0, 1), got {cfg.train.betas}")
+    if len(cfg.train.betas) != 2:
+        raise ConfigError(f"{source}: train.betas must be two numbers, each {RANGES['train.betas']}, "
+                          f"got {cfg.train.betas}")
     try:
         parse_views(cfg.test.views)
     except ValueError as e:
