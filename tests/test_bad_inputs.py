@@ -16,7 +16,7 @@ from tcpnet.config import DataConfig
 from tcpnet.data import RecordList, VideoRecord
 from tcpnet.data.build import build_datasets, check_list_labels, read_list, read_lists
 from tcpnet.data.dataset import VideoDataset
-from tcpnet.data.lists import check_labels, read_charades, read_class_names, read_frame_list, read_video_list
+from tcpnet.data.list_parsers import check_labels, read_charades, read_class_names, read_frame_list, read_video_list
 from tcpnet.input_config import InputConfig
 from tcpnet.tools import prepare
 from tcpnet.tools.prepare import scan_videos

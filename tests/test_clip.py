@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from tcpnet.data import DecodeError, VideoInfo, load_clip, probe
-from tcpnet.data import video as video_mod
+from tcpnet.data.readers import pyav as video_mod
 from tcpnet.data.clip import FrameIndexError
 from videos import decode_all, make_frames, write_frame_folder, write_video
 

@@ -10,7 +10,7 @@ import torch
 from videos import make_frames, write_frame_folder, write_video
 
 from tcpnet.data import DecodeError, FrameIndexError, load_clip
-from tcpnet.data import video as video_reader
+from tcpnet.data.readers import pyav as video_reader
 from tcpnet.data.cache import DecodedVideoCache, clear_shared_cache, load_clip_cached, shared_cache
 
 H, W, T = 32, 48, 20

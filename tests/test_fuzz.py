@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tcpnet.data import DecodeError, DecodeTimeout, VideoDataset, VideoRecord, load_clip, probe
-from tcpnet.data.video import clear_index_cache, read_video
+from tcpnet.data.readers.pyav import clear_index_cache, read_video
 from tcpnet.input_config import InputConfig
 from videos import decode_all, make_frames, write_video
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tcpnet.data import RecordList, VideoRecord
-from tcpnet.data.lists import (check_records, multi_hot, read_charades, read_class_folders, read_class_names,
+from tcpnet.data.list_parsers import (check_records, multi_hot, read_charades, read_class_folders, read_class_names,
                                read_frame_list, read_hmdb51_split, read_something_v1, read_something_v1_labels,
                                read_ucf101_class_ind, read_ucf101_split, read_video_list)
 
@@ -169,13 +169,13 @@ def test_record_list_pickles_with_class_names():
 
 
 def test_submodule_import_is_not_shadowed():
-    """`from tcpnet.data import lists` must give the list-format module. Checked in a fresh
+    """`from tcpnet.data import list_parsers` must give the list-file parsers. Checked in a fresh
     interpreter: importing the sub-module first, as this file does, would hide a shadowing bug."""
     import subprocess
     import sys
 
-    code = ("from tcpnet.data import lists as m; "
-            "assert m.__name__ == 'tcpnet.data.lists', m; print('ok')")
+    code = ("from tcpnet.data import list_parsers as m; "
+            "assert m.__name__ == 'tcpnet.data.list_parsers', m; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from videos import decode_all, make_frames, write_video
 
-from tcpnet.data.lists import read_frame_list
+from tcpnet.data.list_parsers import read_frame_list
 from tcpnet.data.clip import load_clip
 from tcpnet.tools.prepare import (
     build_list,

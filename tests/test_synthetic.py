@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from tcpnet.data.lists import read_frame_list
+from tcpnet.data.list_parsers import read_frame_list
 from tcpnet.data.clip import load_clip, probe
 from tcpnet.tools.synthetic import (
     MAX_CLASSES,

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tcpnet.data import load_clip
-from tcpnet.data import torchcodec_reader
-from tcpnet.data import video as video_mod
+from tcpnet.data.readers import torchcodec as torchcodec_reader
+from tcpnet.data.readers import pyav as video_mod
 from tcpnet.data.errors import DecodeError, FrameIndexError
 from videos import make_frames, write_cut, write_open_gop, write_vfr, write_video
 

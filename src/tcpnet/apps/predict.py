@@ -41,7 +41,7 @@ class Prediction:
 
 def read_labels(path: str, num_classes: Optional[int] = None) -> List[str]:
     """Class names, one per line (line i = class i); checked against the model's class count."""
-    from tcpnet.data.lists import read_class_names
+    from tcpnet.data.list_parsers import read_class_names
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: labels file not found")

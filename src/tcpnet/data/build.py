@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from tcpnet.config import ConfigError, DataConfig
 from tcpnet.data.dataset import VideoDataset
 from tcpnet.data.formats import ListSource, get_list_format
-from tcpnet.data.lists import check_labels, check_records
+from tcpnet.data.list_parsers import check_labels, check_records
 from tcpnet.data.records import RecordList
 from tcpnet.input_config import InputConfig
 

@@ -1,8 +1,8 @@
 """Read the frames of a clip, from a video file or a frame folder, as a uint8 (T, H, W, 3) tensor.
 
 `load_clip` is the one entry point the datasets use; it dispatches to the PyAV video reader
-(`tcpnet.data.video`, decodes only what is needed) or the frame-folder reader
-(`tcpnet.data.frames`). Frame i is the i-th frame in presentation order (0-based), exactly as
+(`tcpnet.data.readers.pyav`, decodes only what is needed) or the frame-folder reader
+(`tcpnet.data.readers.frames`). Frame i is the i-th frame in presentation order (0-based), exactly as
 if every frame had been decoded in order.
 """
 from __future__ import annotations
@@ -65,15 +65,15 @@ def load_clip(
     array = _as_indices(path, indices)
     start = time.monotonic()
     if os.path.isdir(path):
-        from tcpnet.data.frames import read_frame_folder
+        from tcpnet.data.readers.frames import read_frame_folder
 
         clip = read_frame_folder(path, array, frame_template)
     elif reader == "torchcodec":
-        from tcpnet.data.torchcodec_reader import read_video as read_with_torchcodec
+        from tcpnet.data.readers.torchcodec import read_video as read_with_torchcodec
 
         clip = read_with_torchcodec(path, array, threads=threads, timeout=timeout)
     else:
-        from tcpnet.data.video import read_video
+        from tcpnet.data.readers.pyav import read_video
 
         clip = read_video(path, array, threads=threads, timeout=timeout)
     took = time.monotonic() - start
@@ -86,9 +86,9 @@ def load_clip(
 def probe(path: PathLike, *, frame_template: str = DEFAULT_FRAME_TEMPLATE) -> VideoInfo:
     """Frame count, rate, size, keyframes, duration and codec of a video file or frame folder."""
     if os.path.isdir(path):
-        from tcpnet.data.frames import probe_frame_folder
+        from tcpnet.data.readers.frames import probe_frame_folder
 
         return probe_frame_folder(path, frame_template)
-    from tcpnet.data.video import probe_video
+    from tcpnet.data.readers.pyav import probe_video
 
     return probe_video(path)

@@ -35,7 +35,7 @@ from tcpnet.config import READERS
 from tcpnet.data.cache import load_clip_cached
 from tcpnet.data.clip import DEFAULT_FRAME_TEMPLATE, load_clip, probe
 from tcpnet.data.errors import DecodeError
-from tcpnet.data.lists import multi_hot
+from tcpnet.data.list_parsers import multi_hot
 from tcpnet.data.records import VideoRecord
 from tcpnet.data.samplers import build_sampler
 from tcpnet.data.transforms import ClipTransform, build_transform, parse_views, to_float, to_views
@@ -118,7 +118,7 @@ class VideoDataset(Dataset):
         if decode_timeout is not None and not decode_timeout > 0:
             raise ValueError(f"decode_timeout must be > 0 seconds or None, got {decode_timeout}")
         if reader == "torchcodec":  # fail here, not in every worker
-            from tcpnet.data.torchcodec_reader import unavailable_reason
+            from tcpnet.data.readers.torchcodec import unavailable_reason
 
             why = unavailable_reason()
             if why is not None:

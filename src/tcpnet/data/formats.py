@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from tcpnet.config import ConfigError, DataConfig
-from tcpnet.data import lists
+from tcpnet.data import list_parsers as parsers
 from tcpnet.data.records import PathLike, RecordList, VideoRecord
 
 __all__ = ["ListSource", "ListFormat", "register_list_format", "list_formats", "get_list_format"]
@@ -51,7 +51,7 @@ class ListFormat:
 _FORMATS: Dict[str, ListFormat] = {}
 
 
-def register_list_format(name: str, *, read_class_names: Callable[[PathLike], List[str]] = lists.read_class_names,
+def register_list_format(name: str, *, read_class_names: Callable[[PathLike], List[str]] = parsers.read_class_names,
                          requires: Sequence[str] = ()) -> Callable:
     """Decorator: register ``read(source) -> RecordList`` as ``data.list_format=<name>``.
 
@@ -98,7 +98,7 @@ def detect_list_format(path: str, data_format: Optional[str] = None) -> str:
         return "charades"
     if data_format == "frames":
         return "tsn"
-    with lists.open_list_file(path) as f:
+    with parsers.open_list_file(path) as f:
         first = next((line.split() for line in f if line.strip()), [])
     tsn = len(first) >= 3 and first[-1].lstrip("-").isdigit() and first[-2].isdigit()
     return "tsn" if tsn else "video"
@@ -107,19 +107,19 @@ def detect_list_format(path: str, data_format: Optional[str] = None) -> str:
 @register_list_format("tsn")
 def read_tsn(source: ListSource) -> RecordList:
     """``<folder> <num_frames> <label>`` per line (TSN/TSM/TCPNet lists)."""
-    return lists.read_frame_list(source.path)
+    return parsers.read_frame_list(source.path)
 
 
 @register_list_format("video")
 def read_video(source: ListSource) -> RecordList:
     """``<video> <label>`` per line; labels are ids or class names."""
-    return lists.read_video_list(source.path, class_names=source.class_names)
+    return parsers.read_video_list(source.path, class_names=source.class_names)
 
 
 @register_list_format("folders")
 def read_folders(source: ListSource) -> RecordList:
     """The path is a ``<class>/<video>`` tree (Kinetics as distributed); one tree per subset."""
-    found = lists.read_class_folders(source.path, class_names=source.class_names)
+    found = parsers.read_class_folders(source.path, class_names=source.class_names)
     prefix = _relative_to_root(source.path, source.data.root)
     return RecordList((VideoRecord(f"{prefix}/{r.path}", r.num_frames, r.label) for r in found),
                       class_names=found.class_names)
@@ -136,17 +136,17 @@ def _relative_to_root(folder: str, root: str) -> str:
         return folder_abs.as_posix()
 
 
-@register_list_format("ssv1", read_class_names=lists.read_something_v1_labels, requires=("class_names",))
+@register_list_format("ssv1", read_class_names=parsers.read_something_v1_labels, requires=("class_names",))
 def read_ssv1(source: ListSource) -> RecordList:
     """Something-Something V1 ``<id>;<Label name>`` csv; ``data.class_names`` is the labels csv
     (sorted, as TSM numbers them); records are the frame folders ``<id>``."""
-    return lists.read_something_v1(source.path, source.class_names)
+    return parsers.read_something_v1(source.path, source.class_names)
 
 
 @register_list_format("charades")
 def read_charades(source: ListSource) -> RecordList:
     """Charades csv (multi-label; ``data.multi_label=true``); frame folders with ``data.format=frames``."""
-    return lists.read_charades(source.path, num_classes=source.num_classes or 157,
+    return parsers.read_charades(source.path, num_classes=source.num_classes or 157,
                                video_ext="" if source.data.format == "frames" else ".mp4")
 
 
@@ -154,12 +154,12 @@ def read_charades(source: ListSource) -> RecordList:
 def read_hmdb51(source: ListSource) -> RecordList:
     """The path is the folder of ``<class>_test_split<k>.txt`` files, ``k = data.split``; the
     train list takes the training videos of the split, val/test lists its test videos."""
-    return lists.read_hmdb51_split(source.path, split=source.data.split,
+    return parsers.read_hmdb51_split(source.path, split=source.data.split,
                                    subset="train" if source.subset == "train" else "test",
                                    class_names=source.class_names)
 
 
-@register_list_format("ucf101", read_class_names=lists.read_ucf101_class_ind, requires=("class_names",))
+@register_list_format("ucf101", read_class_names=parsers.read_ucf101_class_ind, requires=("class_names",))
 def read_ucf101(source: ListSource) -> RecordList:
     """``trainlistNN.txt`` / ``testlistNN.txt``; ``data.class_names`` is ``classInd.txt``."""
-    return lists.read_ucf101_split(source.path, source.class_names)
+    return parsers.read_ucf101_split(source.path, source.class_names)

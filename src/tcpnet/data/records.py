@@ -1,7 +1,7 @@
 """Record types shared by the readers, list formats and datasets.
 
 They live apart from the modules that produce or consume them so that no data module has to
-import another one just for a type (the readers, ``clip``, ``lists`` and ``dataset`` all use them).
+import another one just for a type (the readers, ``clip``, ``list_parsers`` and ``dataset`` all use them).
 """
 from __future__ import annotations
 

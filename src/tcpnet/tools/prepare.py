@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tcpnet.data.clip import DEFAULT_FRAME_TEMPLATE
-from tcpnet.data.lists import VIDEO_EXTENSIONS, open_list_file
+from tcpnet.data.list_parsers import VIDEO_EXTENSIONS, open_list_file
 from tcpnet.data.records import PathLike
 from tcpnet.data.writer import H264Writer, part_path
 
@@ -324,7 +324,7 @@ def _count_one(job: tuple[str, str, str]) -> tuple[str, str, Any]:
     path, kind, template = job
     try:
         if kind == "frames":
-            from tcpnet.data.frames import count_frames
+            from tcpnet.data.readers.frames import count_frames
 
             n = count_frames(path, template)
             pattern = re.compile(re.sub(r"\\\{[^}]*\\\}", r"\\d+", re.escape(template)) + "$")

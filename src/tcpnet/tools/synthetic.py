@@ -42,7 +42,7 @@ On disk (``make_synthetic_dataset``)::
                                                        "videos/train/grow/00003.mp4 32 2"
                                                        = <path relative to out_dir> <num_frames> <label>
                                                        (three space-separated fields, the TSN list
-                                                       format: ``tcpnet.data.lists.read_frame_list`` reads
+                                                       format: ``tcpnet.data.list_parsers.read_frame_list`` reads
                                                        it; ``load_clip`` takes the .mp4 path)
     out_dir/classes.txt                                one class name per line; line i = label i
     out_dir/params.jsonl                               one JSON object per video: "path", "split",

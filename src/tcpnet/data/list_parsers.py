@@ -1,4 +1,6 @@
-"""List files and folder trees -> :class:`RecordList` (paths relative to a dataset root).
+"""The list-file parsers: list files and folder trees -> :class:`RecordList` (paths relative to a
+dataset root). The formats that ``data.list_format`` names, registered in :mod:`tcpnet.data.formats`,
+call them.
 
 Parsers for the TSN/TCPNet frame lists, ``path label`` video lists, class-per-folder trees
 (Kinetics as distributed), Something-Something V1 csv files, Charades csv files (multi-label),
@@ -6,8 +8,7 @@ HMDB51 and UCF101 split files. Each returns a :class:`RecordList` (a plain ``lis
 with a ``class_names`` attribute when the format names its classes). Malformed lines raise
 ``ValueError("<file>:<line>: expected ..., got ...")``; records keep their line number. Text is
 read with :func:`open_list_file` (UTF-8, a byte-order mark ignored). :func:`check_records` finds
-every missing video up front, :func:`check_labels` every label outside the class count. The
-config-facing registry of formats is :mod:`tcpnet.data.formats`.
+every missing video up front, :func:`check_labels` every label outside the class count.
 """
 from __future__ import annotations
 

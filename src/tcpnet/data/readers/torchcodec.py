@@ -1,5 +1,5 @@
 """Optional torchcodec video reader behind `load_clip`'s reader seam (``reader="torchcodec"``,
-config ``data.reader: torchcodec``); PyAV (`tcpnet.data.video`) stays the default.
+config ``data.reader: torchcodec``); PyAV (`tcpnet.data.readers.pyav`) stays the default.
 
 torchcodec decodes in its exact mode (``seek_mode="exact"``: it scans the file and numbers frames
 by their pts) and returns the same uint8 (T, H, W, 3) RGB array as the PyAV reader. It is an
@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from tcpnet.data import video as _pyav
+from tcpnet.data.readers import pyav as _pyav
 from tcpnet.data.errors import FrameIndexError
 from tcpnet.data.records import PathLike
 
