@@ -25,8 +25,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from tcpnet.data.clip import DEFAULT_FRAME_TEMPLATE, load_clip, probe
-from tcpnet.data.errors import FrameIndexError
+from tcpnet.data.clip import DEFAULT_FRAME_TEMPLATE, frame_indices, load_clip, probe
 from tcpnet.data.records import PathLike
 
 __all__ = ["DecodedVideoCache", "load_clip_cached", "shared_cache", "clear_shared_cache"]
@@ -88,7 +87,7 @@ class DecodedVideoCache:
                 self.too_large += 1
             else:
                 self._store(key, frames)
-        return torch.from_numpy(frames[_checked(path, indices, len(frames))])
+        return torch.from_numpy(frames[frame_indices(path, indices, len(frames))])
 
     def _store(self, key: tuple, frames: np.ndarray) -> None:
         while self._videos and self.nbytes + frames.nbytes > self.max_bytes:
@@ -108,25 +107,6 @@ def _key(path: PathLike, frame_template: str, reader: str) -> Optional[tuple]:
         return None
     how = frame_template if os.path.isdir(full) else reader
     return (full, st.st_mtime_ns, st.st_size, how)
-
-
-def _checked(path: PathLike, indices: Indices, num_frames: int) -> np.ndarray:
-    """``indices`` as a 1-D int64 array, with the readers' errors for bad values."""
-    if isinstance(indices, torch.Tensor):
-        indices = indices.cpu().numpy()
-    array = np.asarray(indices)
-    if array.ndim == 0:
-        array = array.reshape(1)
-    if array.ndim != 1:
-        raise ValueError(f"{os.fspath(path)}: indices must be 1-D, got shape {array.shape}")
-    if array.size and not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(f"{os.fspath(path)}: indices must be integers, got dtype {array.dtype}")
-    array = array.astype(np.int64, copy=False)
-    if array.size and array.min() < 0:
-        raise FrameIndexError(path, int(array.min()), None)
-    if array.size and array.max() >= num_frames:
-        raise FrameIndexError(path, int(array.max()), num_frames)
-    return array
 
 
 _shared: Optional[DecodedVideoCache] = None

@@ -19,12 +19,15 @@ from tcpnet.data.errors import DecodeError, DecodeTimeout, FrameIndexError
 from tcpnet.data.records import PathLike, VideoInfo
 
 # The errors and VideoInfo are defined in their own modules and re-exported here with load_clip.
-__all__ = ["load_clip", "probe", "DecodeError", "FrameIndexError", "VideoInfo", "DEFAULT_FRAME_TEMPLATE"]
+__all__ = ["load_clip", "probe", "frame_indices", "DecodeError", "FrameIndexError", "VideoInfo", "DEFAULT_FRAME_TEMPLATE"]
 
 DEFAULT_FRAME_TEMPLATE = "img_{:05d}.jpg"
 
 
-def _as_indices(path: PathLike, indices: Union[Sequence[int], np.ndarray, torch.Tensor]) -> np.ndarray:
+def frame_indices(path: PathLike, indices: Union[Sequence[int], np.ndarray, torch.Tensor],
+                  num_frames: Optional[int] = None) -> np.ndarray:
+    """``indices`` as a 1-D int64 array, with the readers' errors for bad values (``num_frames``:
+    also check the upper bound), so every way of reading a clip refuses the same requests."""
     if isinstance(indices, torch.Tensor):
         indices = indices.cpu().numpy()
     array = np.asarray(indices)
@@ -37,6 +40,8 @@ def _as_indices(path: PathLike, indices: Union[Sequence[int], np.ndarray, torch.
     array = array.astype(np.int64, copy=False)
     if array.size and array.min() < 0:
         raise FrameIndexError(path, int(array.min()), None)
+    if num_frames is not None and array.size and array.max() >= num_frames:
+        raise FrameIndexError(path, int(array.max()), num_frames)
     return array
 
 
@@ -62,7 +67,7 @@ def load_clip(
     """
     if reader not in READERS:
         raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
-    array = _as_indices(path, indices)
+    array = frame_indices(path, indices)
     start = time.monotonic()
     if os.path.isdir(path):
         from tcpnet.data.readers.frames import read_frame_folder
