@@ -44,7 +44,40 @@ def registry(monkeypatch):
 
 
 def test_built_in_formats_are_registered():
-    assert list_formats() == BUILT_IN
+    assert list_formats()[:len(BUILT_IN)] == BUILT_IN  # first, in this order; others may follow
+
+
+def _format_module(name: str) -> str:
+    return (f"from tcpnet.data.formats import ListSource, register_list_format\n"
+            f"from tcpnet.data.records import RecordList, VideoRecord\n\n"
+            f"@register_list_format({name!r})\n"
+            f"def read(source: ListSource) -> RecordList:\n"
+            f"    return RecordList([VideoRecord('v0.mp4', None, 0)])\n")
+
+
+def test_a_format_in_a_new_module_under_data_registers_with_no_other_edit(registry, tmp_path, monkeypatch):
+    """A new file anywhere under tcpnet/data/ (here: a module and a module of a sub-package, in a
+    folder added to the package's path) is found when the registry is asked, and read_lists reads it."""
+    import sys
+
+    import tcpnet.data
+
+    (tmp_path / "my_format.py").write_text(_format_module("my_format"))
+    (tmp_path / "my_pkg").mkdir()
+    (tmp_path / "my_pkg" / "__init__.py").write_text("")
+    (tmp_path / "my_pkg" / "deep_format.py").write_text(_format_module("deep_format"))
+    monkeypatch.setattr(tcpnet.data, "__path__", [*tcpnet.data.__path__, str(tmp_path)])
+    new = ("tcpnet.data.my_format", "tcpnet.data.my_pkg", "tcpnet.data.my_pkg.deep_format")
+    try:
+        check_data_config(DataConfig(list_format="my_format"))
+        assert {"my_format", "deep_format"} <= set(list_formats())
+        (tmp_path / "list.txt").write_text("anything\n")
+        records = read_lists(DataConfig(list_format="deep_format", train_list=str(tmp_path / "list.txt"),
+                                        check_files=False))
+        assert [r.path for r in records["train"]] == ["v0.mp4"]
+    finally:
+        for name in new:
+            sys.modules.pop(name, None)
 
 
 def test_bad_list_format_names_the_key_and_the_registry():

@@ -10,10 +10,17 @@ the keys it needs. Adding a format is one decorated function::
 
 Built in: ``auto`` (detects tsn / video / charades), ``tsn``, ``video``, ``folders``,
 ``ssv1``, ``charades``, ``hmdb51``, ``ucf101``. Record paths are relative to ``data.root``.
+
+A format may live in any module under ``tcpnet/data/`` (a new file, no other edit): before it says
+a name is unknown, and before it lists the formats, the registry imports every module of the
+package (:func:`import_data_modules`). Modules outside the package register by being imported.
 """
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -22,7 +29,8 @@ from tcpnet.config import ConfigError, DataConfig
 from tcpnet.data import list_parsers as parsers
 from tcpnet.data.records import PathLike, RecordList, VideoRecord
 
-__all__ = ["ListSource", "ListFormat", "register_list_format", "list_formats", "get_list_format"]
+__all__ = ["ListSource", "ListFormat", "register_list_format", "list_formats", "get_list_format",
+           "import_data_modules"]
 
 
 @dataclass(frozen=True)
@@ -67,13 +75,30 @@ def register_list_format(name: str, *, read_class_names: Callable[[PathLike], Li
     return decorate
 
 
+def import_data_modules() -> None:
+    """Import every module of the ``tcpnet.data`` package, sub-packages included, so that a format
+    registered in any of them is known. By name at run time: the registry has no static import of
+    the modules that register into it (they import it), so the layering stays acyclic."""
+    package = sys.modules[__package__]
+
+    def fail(name: str) -> None:
+        raise ImportError(f"{name}: could not be imported while looking for list formats")
+
+    for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}.", onerror=fail):
+        if info.name not in sys.modules:
+            importlib.import_module(info.name)
+
+
 def list_formats() -> List[str]:
-    """Registered format names, in registration order."""
+    """Registered format names, in registration order (every module of ``tcpnet.data`` imported first)."""
+    import_data_modules()
     return list(_FORMATS)
 
 
 def get_list_format(name: str) -> ListFormat:
     """The registered format ``name``; a ConfigError naming ``data.list_format`` and the choices."""
+    if name not in _FORMATS:
+        import_data_modules()
     if name not in _FORMATS:
         raise ConfigError(f"data.list_format must be one of {list_formats()}, got {name!r}")
     return _FORMATS[name]
