@@ -143,13 +143,13 @@ def test_workers_read_directly(videos):
 def test_dataset_with_the_cache_gives_the_same_items(videos):
     """VideoDataset (train pipeline: random segments and crops per epoch) with and without
     ``decoded_cache_bytes``: identical clips in every epoch; after the first, nothing is decoded."""
-    from tcpnet.data import VideoDataset, VideoRecord
+    from tcpnet.data import DecodeSpec, VideoDataset, VideoRecord
     from tcpnet.input_config import InputConfig
 
     records = [VideoRecord(str(p), T, i) for i, p in enumerate(videos)]
-    cfg = InputConfig(crop_size=32, scale_size=32)
-    plain, cached = (VideoDataset.from_config(records, input_config=cfg, mode="train", num_segments=4, seed=3,
-                                              decoded_cache_bytes=nbytes) for nbytes in (0, 10 * VIDEO_BYTES))
+    cfg = InputConfig(crop_size=32, scale_size=32, num_segments=4)
+    plain, cached = (VideoDataset.from_config(records, input_config=cfg, mode="train", seed=3,
+                                              decode=DecodeSpec(cache_bytes=nbytes)) for nbytes in (0, 10 * VIDEO_BYTES))
     clear_shared_cache()
     try:
         for epoch in range(3):

@@ -156,10 +156,13 @@ def test_check_records_reports_all_missing(tmp_path):
     recs = [VideoRecord("a.mp4", None, 0), VideoRecord("b.mp4", None, 0),
             VideoRecord("frames/v1", 5, 0), VideoRecord("frames/v2", 5, 0), VideoRecord("c.mp4", None, 1)]
     missing = check_records(recs, tmp_path, frame_template="img_{:05d}.jpg", raise_error=False)
-    assert [Path(m).relative_to(tmp_path).as_posix() for m in missing] == ["b.mp4", "frames/v2", "c.mp4"]
-    with pytest.raises(FileNotFoundError, match=r"3 of 5 videos missing") as ei:
+    assert sorted(Path(m).relative_to(tmp_path).as_posix() for m in missing) == ["b.mp4", "c.mp4", "frames/v2"]
+    with pytest.raises(FileNotFoundError, match=r"2 of 5 videos missing") as ei:
         check_records(recs, tmp_path, frame_template="img_{:05d}.jpg")
     assert "b.mp4" in str(ei.value) and "c.mp4" in str(ei.value)
+    v2 = tmp_path / "frames" / "v2"
+    assert (f"1 of 5 frame folders without frame 1: frame 1 not found: {v2 / 'img_00001.jpg'} "
+            f"(data.frame_template='img_{{:05d}}.jpg'); {v2} is empty") in str(ei.value)
 
 
 def test_record_list_pickles_with_class_names():

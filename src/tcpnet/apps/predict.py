@@ -58,7 +58,7 @@ def build_predict_dataset(model: nn.Module, videos: Sequence[str], views: str = 
 
     records = [VideoRecord(str(v), None, 0) for v in videos]
     return VideoDataset.from_config(records, "", model.input_config, mode="test", views=views,
-                                    num_segments=model.num_segments, on_error="raise", min_frames=0)
+                                    on_error="raise", min_frames=0)
 
 
 @torch.no_grad()

@@ -26,6 +26,7 @@ import torch
 import torch.utils.data
 
 from tcpnet.data.clip import DEFAULT_FRAME_TEMPLATE, frame_indices, load_clip, probe
+from tcpnet.data.errors import Deadline, Timeout
 from tcpnet.data.records import PathLike
 
 __all__ = ["DecodedVideoCache", "load_clip_cached", "shared_cache", "clear_shared_cache"]
@@ -62,8 +63,11 @@ class DecodedVideoCache:
 
     def load(self, path: PathLike, indices: Indices, *, frame_template: str = DEFAULT_FRAME_TEMPLATE,
              threads: Optional[int] = None, reader: str = "pyav",
-             timeout: Optional[float] = None) -> torch.Tensor:
-        """Frames ``indices`` of ``path`` as ``load_clip`` gives them, from the cache when held."""
+             timeout: Timeout = None) -> torch.Tensor:
+        """Frames ``indices`` of ``path`` as ``load_clip`` gives them, from the cache when held
+        (``timeout`` bounds the probe and the decoding together)."""
+        timeout = Deadline.of(timeout)
+
         def read(wanted: Indices) -> torch.Tensor:
             return load_clip(path, wanted, frame_template=frame_template, threads=threads, reader=reader,
                              timeout=timeout)
@@ -76,7 +80,7 @@ class DecodedVideoCache:
             self._videos.move_to_end(key)
             self.hits += 1
         else:
-            info = probe(path, frame_template=frame_template)
+            info = probe(path, frame_template=frame_template, timeout=timeout)
             if info.num_frames * (info.height or 0) * (info.width or 0) * 3 > self.max_bytes:
                 self.too_large += 1
                 return read(indices)
@@ -131,7 +135,7 @@ def clear_shared_cache() -> None:
 
 def load_clip_cached(path: PathLike, indices: Indices, *, max_bytes: int,
                      frame_template: str = DEFAULT_FRAME_TEMPLATE, threads: Optional[int] = None,
-                     reader: str = "pyav", timeout: Optional[float] = None) -> torch.Tensor:
+                     reader: str = "pyav", timeout: Timeout = None) -> torch.Tensor:
     """:func:`~tcpnet.data.load_clip` through this process's cache of at most ``max_bytes``
     (plain ``load_clip`` inside a DataLoader worker, see the module docstring)."""
     if torch.utils.data.get_worker_info() is not None:

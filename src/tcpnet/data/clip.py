@@ -8,20 +8,18 @@ if every frame had been decoded in order.
 from __future__ import annotations
 
 import os
-import time
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from tcpnet.config import READERS  # video decoders behind load_clip (frame folders: PIL)
-from tcpnet.data.errors import DecodeError, DecodeTimeout, FrameIndexError
+from tcpnet.data.errors import Deadline, DecodeError, DecodeTimeout, FrameIndexError, Timeout
+from tcpnet.data.frame_template import DEFAULT_FRAME_TEMPLATE
 from tcpnet.data.records import PathLike, VideoInfo
 
-# The errors and VideoInfo are defined in their own modules and re-exported here with load_clip.
+# The errors, VideoInfo and the default template are defined in their own modules and re-exported here.
 __all__ = ["load_clip", "probe", "frame_indices", "DecodeError", "FrameIndexError", "VideoInfo", "DEFAULT_FRAME_TEMPLATE"]
-
-DEFAULT_FRAME_TEMPLATE = "img_{:05d}.jpg"
 
 
 def frame_indices(path: PathLike, indices: Union[Sequence[int], np.ndarray, torch.Tensor],
@@ -52,7 +50,7 @@ def load_clip(
     frame_template: str = DEFAULT_FRAME_TEMPLATE,
     threads: Optional[int] = None,
     reader: str = "pyav",
-    timeout: Optional[float] = None,
+    timeout: Timeout = None,
 ) -> torch.Tensor:
     """Frames `indices` (0-based, any order, repeats allowed) of a video file or frame folder.
 
@@ -60,7 +58,8 @@ def load_clip(
     `frame_template` (e.g. img_00001.jpg). `threads` is the FFmpeg decoder thread count
     (None: 1 inside a DataLoader worker, else FFmpeg's automatic choice). `reader` decodes video
     files: "pyav" (default) or "torchcodec" (optional package, needs a system FFmpeg; exact mode).
-    `timeout`: seconds the read may take (None: no limit). The PyAV reader checks it at every
+    `timeout`: seconds the read may take, or a running `Deadline` shared with an earlier step such
+    as the frame-count probe (None: no limit). The PyAV reader checks it at every
     packet and frame and interrupts FFmpeg's I/O; torchcodec and frame folders are checked once
     they return. Raises DecodeError (unreadable input), DecodeTimeout (deadline passed) or
     FrameIndexError (index out of range).
@@ -68,7 +67,7 @@ def load_clip(
     if reader not in READERS:
         raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
     array = frame_indices(path, indices)
-    start = time.monotonic()
+    deadline = Deadline.of(timeout)
     if os.path.isdir(path):
         from tcpnet.data.readers.frames import read_frame_folder
 
@@ -76,24 +75,33 @@ def load_clip(
     elif reader == "torchcodec":
         from tcpnet.data.readers.torchcodec import read_video as read_with_torchcodec
 
-        clip = read_with_torchcodec(path, array, threads=threads, timeout=timeout)
+        clip = read_with_torchcodec(path, array, threads=threads, timeout=deadline)
     else:
         from tcpnet.data.readers.pyav import read_video
 
-        clip = read_video(path, array, threads=threads, timeout=timeout)
-    took = time.monotonic() - start
-    if timeout is not None and took > timeout:  # readers that cannot be interrupted
-        raise DecodeTimeout(path, f"reading took {took:.1f} s, longer than the {timeout:g} s deadline "
-                                  f"(data.decode_timeout)")
+        clip = read_video(path, array, threads=threads, timeout=deadline)
+    _check_deadline(path, deadline)  # readers that cannot be interrupted
     return torch.from_numpy(clip)
 
 
-def probe(path: PathLike, *, frame_template: str = DEFAULT_FRAME_TEMPLATE) -> VideoInfo:
-    """Frame count, rate, size, keyframes, duration and codec of a video file or frame folder."""
+def probe(path: PathLike, *, frame_template: str = DEFAULT_FRAME_TEMPLATE, timeout: Timeout = None) -> VideoInfo:
+    """Frame count, rate, size, keyframes, duration and codec of a video file or frame folder.
+    `timeout`: seconds (or a running `Deadline`) the probe may take; past it, DecodeTimeout."""
+    deadline = Deadline.of(timeout)
     if os.path.isdir(path):
         from tcpnet.data.readers.frames import probe_frame_folder
 
-        return probe_frame_folder(path, frame_template)
-    from tcpnet.data.readers.pyav import probe_video
+        info = probe_frame_folder(path, frame_template)
+    else:
+        from tcpnet.data.readers.pyav import probe_video
 
-    return probe_video(path)
+        info = probe_video(path, deadline)
+    _check_deadline(path, deadline)
+    return info
+
+
+def _check_deadline(path: PathLike, deadline: Deadline) -> None:
+    """DecodeTimeout when a step that checks no deadline itself (frame folders, torchcodec) ended past it."""
+    if deadline.passed():
+        raise DecodeTimeout(path, f"reading took longer than the {deadline.seconds:g} s deadline "
+                                  f"(data.decode_timeout)")

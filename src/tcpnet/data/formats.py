@@ -17,6 +17,7 @@ package (:func:`import_data_modules`). Modules outside the package register by b
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import pkgutil
@@ -27,10 +28,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from tcpnet.config import ConfigError, DataConfig
 from tcpnet.data import list_parsers as parsers
+from tcpnet.data.frame_template import DEFAULT_FRAME_TEMPLATE, check_frame_template
 from tcpnet.data.records import PathLike, RecordList, VideoRecord
 
 __all__ = ["ListSource", "ListFormat", "register_list_format", "list_formats", "get_list_format",
-           "import_data_modules"]
+           "import_data_modules", "frame_template_for"]
 
 
 @dataclass(frozen=True)
@@ -47,30 +49,37 @@ class ListSource:
 
 @dataclass(frozen=True)
 class ListFormat:
-    """A registered format: its reader, how it reads the ``data.class_names`` file, and the
-    data-config keys that must be set for it."""
+    """A registered format: its reader, how it reads the ``data.class_names`` file, the
+    data-config keys that must be set for it, and how its frame folders name their images
+    (``None``: the default ``img_{:05d}.jpg``)."""
 
     name: str
     read: Callable[[ListSource], RecordList]
     read_class_names: Callable[[PathLike], List[str]]
     requires: Tuple[str, ...]
+    frame_template: Optional[str] = None
 
 
 _FORMATS: Dict[str, ListFormat] = {}
 
 
 def register_list_format(name: str, *, read_class_names: Callable[[PathLike], List[str]] = parsers.read_class_names,
-                         requires: Sequence[str] = ()) -> Callable:
+                         requires: Sequence[str] = (), frame_template: Optional[str] = None) -> Callable:
     """Decorator: register ``read(source) -> RecordList`` as ``data.list_format=<name>``.
 
     ``read_class_names`` reads the file named by ``data.class_names`` for this format (default:
     one name per line); ``requires`` names ``data.*`` keys that must be set (checked before any
-    work by :func:`tcpnet.data.build.check_data_config`).
+    work by :func:`tcpnet.data.build.check_data_config`); ``frame_template`` names the images of
+    the format's frame folders (:mod:`tcpnet.data.frame_template`) unless ``data.frame_template``
+    is set.
     """
+    if frame_template is not None:
+        check_frame_template(frame_template)
+
     def decorate(read: Callable[[ListSource], RecordList]) -> Callable[[ListSource], RecordList]:
         if name in _FORMATS:
             raise ValueError(f"list format {name!r} is already registered")
-        _FORMATS[name] = ListFormat(name, read, read_class_names, tuple(requires))
+        _FORMATS[name] = ListFormat(name, read, read_class_names, tuple(requires), frame_template)
         return read
     return decorate
 
@@ -104,6 +113,22 @@ def get_list_format(name: str) -> ListFormat:
     return _FORMATS[name]
 
 
+# The config's own default: a data.frame_template equal to it (or None) was not set by the user.
+_UNSET_FRAME_TEMPLATE = {f.name: f.default for f in dataclasses.fields(DataConfig)}["frame_template"]
+
+
+def frame_template_for(data: DataConfig, list_path: Optional[str] = None) -> str:
+    """How the frame folders of a list name their images: ``data.frame_template`` when the user set
+    it, else the list format's default (for ``auto``, that of the format it detects in
+    ``list_path``), else ``img_{:05d}.jpg``."""
+    if data.frame_template not in (None, _UNSET_FRAME_TEMPLATE):
+        return check_frame_template(data.frame_template)
+    name = data.list_format
+    if name == "auto" and list_path and os.path.isfile(list_path):
+        name = detect_list_format(list_path, data.format)
+    return get_list_format(name).frame_template or DEFAULT_FRAME_TEMPLATE
+
+
 # --------------------------------------------------------------------------- built-in formats
 
 
@@ -129,7 +154,7 @@ def detect_list_format(path: str, data_format: Optional[str] = None) -> str:
     return "tsn" if tsn else "video"
 
 
-@register_list_format("tsn")
+@register_list_format("tsn", frame_template="img_{:05d}.jpg")
 def read_tsn(source: ListSource) -> RecordList:
     """``<folder> <num_frames> <label>`` per line (TSN/TSM/TCPNet lists)."""
     return parsers.read_frame_list(source.path)
@@ -161,14 +186,15 @@ def _relative_to_root(folder: str, root: str) -> str:
         return folder_abs.as_posix()
 
 
-@register_list_format("ssv1", read_class_names=parsers.read_something_v1_labels, requires=("class_names",))
+@register_list_format("ssv1", read_class_names=parsers.read_something_v1_labels, requires=("class_names",),
+                      frame_template="{:05d}.jpg")
 def read_ssv1(source: ListSource) -> RecordList:
     """Something-Something V1 ``<id>;<Label name>`` csv; ``data.class_names`` is the labels csv
     (sorted, as TSM numbers them); records are the frame folders ``<id>``."""
     return parsers.read_something_v1(source.path, source.class_names)
 
 
-@register_list_format("charades")
+@register_list_format("charades", frame_template="{id}-{:06d}.jpg")
 def read_charades(source: ListSource) -> RecordList:
     """Charades csv (multi-label; ``data.multi_label=true``); frame folders with ``data.format=frames``."""
     return parsers.read_charades(source.path, num_classes=source.num_classes or 157,

@@ -359,8 +359,7 @@ def train(cfg: Config) -> Dict[str, Any]:
 
     # ------------------------------------------------------------------ data
     datasets = build_datasets(cfg.data, {k: v for k, v in records.items() if k != "test"}, model.input_config,
-                              num_segments=model.num_segments, num_classes=num_classes, seed=cfg.seed,
-                              max_consecutive_failures=tc.max_consecutive_failures)
+                              num_classes=num_classes, seed=cfg.seed, max_consecutive_failures=tc.max_consecutive_failures)
     train_set = datasets["train"]
     train_sampler = ResumableSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
                                      seed=cfg.seed, drop_last=True)
