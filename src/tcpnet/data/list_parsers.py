@@ -44,7 +44,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # File name endings taken as videos, by the folder reader and by `tcpnet prepare` alike.
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".ts", ".m2ts", ".mts",
+                    ".3gp", ".wmv", ".ogv")
 
 
 def open_list_file(path: PathLike, newline: Optional[str] = None) -> TextIO:
