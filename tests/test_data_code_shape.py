@@ -86,3 +86,22 @@ def test_import_tcpnet_data_imports_no_submodule():
     code = ("import sys, tcpnet.data; print(sorted(m for m in sys.modules if m.startswith(('tcpnet', 'torch', 'av'))))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "['tcpnet', 'tcpnet.data']"
+
+
+MAX_LINES, MAX_PARAMS = 80, 10
+
+
+def test_functions_are_short_and_take_few_parameters():
+    """No function of the data layer or the tools is over 80 lines or takes over 10 parameters
+    (self/cls not counted, *args and **kwargs one each): past that it does two things or misses
+    a small object that groups its inputs (ClipSpec, DecodeSpec, SyntheticSpec)."""
+    too_big = []
+    for root in AREAS:
+        for path, fn in _functions(root):
+            a = fn.args
+            names = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs]
+            params = len(names) - (names[:1] in (["self"], ["cls"])) + (a.vararg is not None) + (a.kwarg is not None)
+            lines = fn.end_lineno - fn.lineno + 1
+            if lines > MAX_LINES or params > MAX_PARAMS:
+                too_big.append(f"{path.relative_to(PACKAGE)}:{fn.lineno} {fn.name}: {lines} lines, {params} parameters")
+    assert not too_big, "\n".join(too_big)
