@@ -47,7 +47,7 @@ from _common import format_table, machine_summary  # noqa: E402
 from videos import mp4_edit_lists, write_cut  # noqa: E402
 
 from tcpnet.data import load_clip  # noqa: E402
-from tcpnet.data import video as video_mod  # noqa: E402
+from tcpnet.data.readers import pyav as video_mod  # noqa: E402
 
 FPS = 25
 

@@ -15,8 +15,8 @@ from videos import make_frames, write_video
 from tcpnet.config import DataConfig
 from tcpnet.data import RecordList, VideoRecord
 from tcpnet.data.build import build_datasets, check_list_labels, read_list, read_lists
-from tcpnet.data.dataset import VideoDataset
-from tcpnet.data.lists import check_labels, read_charades, read_class_names, read_frame_list, read_video_list
+from tcpnet.data.dataset import ClipSpec, VideoDataset
+from tcpnet.data.list_parsers import check_labels, read_charades, read_class_names, read_frame_list, read_video_list
 from tcpnet.input_config import InputConfig
 from tcpnet.tools import prepare
 from tcpnet.tools.prepare import scan_videos
@@ -107,7 +107,7 @@ def test_check_list_labels_for_the_resolved_class_count(ws, tmp_path):
     train = _write(tmp_path / "train.txt", ["v0.mp4 8 0", "v1.mp4 8 3"])
     val = _write(tmp_path / "val.txt", ["v2.mp4 8 1", "v3.mp4 8 5"])
     cfg = DataConfig(root=str(ws), train_list=train, val_list=val)
-    records = read_lists(cfg)
+    records = read_lists(cfg, num_classes=6)  # the count known: val classes the train list lacks are only warned about
     check_list_labels(records, 6, cfg, "inferred")
     with pytest.raises(ValueError, match=r"val.txt:2 \(data.val_list\): label 5 is out of range for 4 classes "
                                          r"\(from the checkpoint x.pt\)"):
@@ -201,10 +201,10 @@ def test_list_with_no_usable_video_names_the_file_and_key(ws, tmp_path):
     cfg = DataConfig(root=str(ws), train_list=short)
     records = read_lists(cfg)
     with pytest.raises(ValueError, match=r"short.txt \(data.train_list\): all 2 videos have fewer than 3 frames"):
-        build_datasets(cfg, records, InputConfig(), num_segments=2, num_classes=2, seed=0)
+        build_datasets(cfg, records, InputConfig(num_segments=2), num_classes=2, seed=0)
     empty = RecordList(source="e.txt (data.val_list)")
     with pytest.raises(ValueError, match=r"e.txt \(data.val_list\): no records"):
-        VideoDataset(empty, sampler=lambda n, rng=None: [0])
+        VideoDataset(empty, clip=ClipSpec(lambda n, rng=None: [0]))
     (tmp_path / "blank.txt").write_text("\n\n")
     with pytest.raises(ValueError, match=r"blank.txt \(data.test_list\): no videos"):
         read_list(DataConfig(test_list=str(tmp_path / "blank.txt")), "test")

@@ -44,7 +44,40 @@ def registry(monkeypatch):
 
 
 def test_built_in_formats_are_registered():
-    assert list_formats() == BUILT_IN
+    assert list_formats()[:len(BUILT_IN)] == BUILT_IN  # first, in this order; others may follow
+
+
+def _format_module(name: str) -> str:
+    return (f"from tcpnet.data.formats import ListSource, register_list_format\n"
+            f"from tcpnet.data.records import RecordList, VideoRecord\n\n"
+            f"@register_list_format({name!r})\n"
+            f"def read(source: ListSource) -> RecordList:\n"
+            f"    return RecordList([VideoRecord('v0.mp4', None, 0)])\n")
+
+
+def test_a_format_in_a_new_module_under_data_registers_with_no_other_edit(registry, tmp_path, monkeypatch):
+    """A new file anywhere under tcpnet/data/ (here: a module and a module of a sub-package, in a
+    folder added to the package's path) is found when the registry is asked, and read_lists reads it."""
+    import sys
+
+    import tcpnet.data
+
+    (tmp_path / "my_format.py").write_text(_format_module("my_format"))
+    (tmp_path / "my_pkg").mkdir()
+    (tmp_path / "my_pkg" / "__init__.py").write_text("")
+    (tmp_path / "my_pkg" / "deep_format.py").write_text(_format_module("deep_format"))
+    monkeypatch.setattr(tcpnet.data, "__path__", [*tcpnet.data.__path__, str(tmp_path)])
+    new = ("tcpnet.data.my_format", "tcpnet.data.my_pkg", "tcpnet.data.my_pkg.deep_format")
+    try:
+        check_data_config(DataConfig(list_format="my_format"))
+        assert {"my_format", "deep_format"} <= set(list_formats())
+        (tmp_path / "list.txt").write_text("anything\n")
+        records = read_lists(DataConfig(list_format="deep_format", train_list=str(tmp_path / "list.txt"),
+                                        check_files=False))
+        assert [r.path for r in records["train"]] == ["v0.mp4"]
+    finally:
+        for name in new:
+            sys.modules.pop(name, None)
 
 
 def test_bad_list_format_names_the_key_and_the_registry():
@@ -119,7 +152,7 @@ def test_new_format_is_one_decorator_and_trains(registry, clips, tmp_path):
 
 
 def test_crop_scale_override_is_applied_once(clips):
-    model_ic = InputConfig(crop_size=224, scale_size=256)
+    model_ic = InputConfig(crop_size=224, scale_size=256, num_segments=4)
     data = DataConfig(root=str(clips), train_list=str(clips / "list.txt"), val_list=str(clips / "list.txt"),
                       crop_size=24, scale_size=28)
     ic = resolve_input_config(data, model_ic)
@@ -129,20 +162,64 @@ def test_crop_scale_override_is_applied_once(clips):
     assert resolve_input_config(DataConfig(crop_size=24), model_ic).scale_size == 256
 
     records = read_lists(data)
-    sets = build_datasets(data, records, model_ic, num_segments=4, num_classes=2, seed=0)
+    # training: the trainer resolves once and keeps the result on the model; an unresolved config is refused
+    with pytest.raises(ValueError, match=r"input_config.crop_size=224 but data.crop_size=24: pass resolve_input_config"):
+        build_datasets(data, records, model_ic, num_classes=2, seed=0)
+    sets = build_datasets(data, records, ic, num_classes=2, seed=0)
     assert sets["train"][0][0].shape == (3, 4, 24, 24) and sets["val"][0][0].shape == (3, 4, 24, 24)
     assert sets["train"].input_config == ic
-    test = build_test_dataset(data, records["val"], model_ic, views="1x2", num_segments=4, num_classes=2)
+    # testing: the checkpoint's config, resolved here
+    test = build_test_dataset(data, records["val"], model_ic, views="1x2", num_classes=2)
     assert test[0][0].shape == (2, 3, 4, 24, 24) and test.input_config == ic
     # without an override the model's own sizes are used
     plain = dataclasses.replace(data, crop_size=None, scale_size=None)
-    small = InputConfig(crop_size=16, scale_size=20)
-    assert build_datasets(plain, records, small, num_segments=4, num_classes=2, seed=0)["val"][0][0].shape[-1] == 16
+    small = InputConfig(crop_size=16, scale_size=20, num_segments=4)
+    assert build_datasets(plain, records, small, num_classes=2, seed=0)["val"][0][0].shape[-1] == 16
+
+
+def test_t_comes_from_the_input_config_alone(clips):
+    """The clip length is the model's input config's num_segments: no second T to pass or to diverge."""
+    data = DataConfig(root=str(clips), train_list=str(clips / "list.txt"), val_list=str(clips / "list.txt"))
+    records = read_lists(data)
+    for t in (3, 5):
+        ic = InputConfig(crop_size=16, scale_size=16, num_segments=t)
+        sets = build_datasets(data, records, ic, num_classes=2, seed=0)
+        assert sets["train"][0][0].shape == (3, t, 16, 16) and sets["val"][0][0].shape == (3, t, 16, 16)
+        assert build_test_dataset(data, records["val"], ic, views="1x1", num_classes=2)[0][0].shape == (3, t, 16, 16)
+
+
+def test_train_resolves_the_input_config_once(clips, tmp_path, monkeypatch):
+    """One training run applies the data.crop_size/scale_size override once (the trainer's call),
+    wherever resolve_input_config is imported."""
+    import sys
+
+    from tcpnet.data import build
+
+    calls = []
+    original = build.resolve_input_config
+
+    def counting(data_cfg, input_config):
+        calls.append(input_config)
+        return original(data_cfg, input_config)
+
+    for module in [m for name, m in sys.modules.items() if name.startswith("tcpnet")]:
+        if getattr(module, "resolve_input_config", None) is original:
+            monkeypatch.setattr(module, "resolve_input_config", counting)
+    cfg = load_config(None, [f"data.root={clips}", "data.list_format=video", f"data.train_list={clips}/list.txt",
+                             f"data.val_list={clips}/list.txt", "model.name=tcp_tiny", "model.num_segments=4",
+                             "model.kwargs.dim=16", "model.kwargs.mid_channels=32", "data.num_workers=0",
+                             "data.crop_size=32", "data.scale_size=32", "train.epochs=1", "train.batch_size=2",
+                             f"output_dir={tmp_path / 'run'}", "device=cpu"])
+    from tcpnet.engine.train import train
+
+    train(cfg)
+    assert len(calls) == 1, calls
 
 
 def test_indexed_subset_returns_dataset_indices(clips):
     data = DataConfig(root=str(clips), val_list=str(clips / "list.txt"), crop_size=16, scale_size=16)
-    val = build_datasets(data, read_lists(data), InputConfig(), num_segments=2, num_classes=2, seed=0)["val"]
+    ic = resolve_input_config(data, InputConfig(num_segments=2))
+    val = build_datasets(data, read_lists(data), ic, num_classes=2, seed=0)["val"]
     sub = IndexedSubset(val, [3, 1])
     assert len(sub) == 2 and sub[0][2] == 3 and sub[1][1] == 1
     assert torch.equal(sub[0][0], val[3][0])
@@ -206,7 +283,7 @@ def test_infer_num_classes():
 
 def test_one_list_of_video_extensions(tmp_path):
     """`tcpnet prepare build-list` and the folder reader list the same files."""
-    from tcpnet.data.lists import VIDEO_EXTENSIONS, read_class_folders
+    from tcpnet.data.list_parsers import VIDEO_EXTENSIONS, read_class_folders
     from tcpnet.tools import prepare
 
     assert prepare.VIDEO_EXTENSIONS is VIDEO_EXTENSIONS
@@ -232,8 +309,58 @@ def test_data_never_imports_tools_and_readers_do_not_import_clip():
     import tcpnet.data
 
     data_dir = Path(tcpnet.data.__file__).parent
-    for path in data_dir.glob("*.py"):
+    for path in data_dir.rglob("*.py"):
         assert not any(m.startswith("tcpnet.tools") for m in _imports(path)), path.name
-    for name in ("video.py", "frames.py", "errors.py", "records.py"):
+    for name in ("readers/pyav.py", "readers/torchcodec.py", "readers/frames.py", "errors.py", "records.py"):
         assert "tcpnet.data.clip" not in _imports(data_dir / name), name
     assert not {m for m in _imports(data_dir / "records.py") if m.startswith("tcpnet")}
+
+
+def test_a_one_based_list_read_as_a_video_list_is_refused(tmp_path, caplog):
+    """UCF101's trainlist01.txt with list_format auto and no classInd.txt: its 1-based labels would
+    be taken as 0-based (an empty class 0, every class off by one). Refused, naming the file and
+    line, while the class count is inferred; a warning once model.num_classes sets it."""
+    lines = ["ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1", "ApplyLipstick/v_ApplyLipstick_g01_c01.avi 2",
+             "Archery/v_Archery_g01_c01.avi 3", "ApplyEyeMakeup/v_ApplyEyeMakeup_g09_c01.avi 1"]
+    (tmp_path / "trainlist01.txt").write_text("\n".join(lines) + "\n")
+    data = DataConfig(train_list=str(tmp_path / "trainlist01.txt"), check_files=False)
+    with pytest.raises(ValueError, match=r"trainlist01.txt:3 \(data.train_list\): the labels run 1..3 with no 0.*"
+                                         r"data.list_format=ucf101 with data.class_names=classInd.txt"):
+        read_lists(data)
+    with caplog.at_level(logging.WARNING, logger="tcpnet.data.build"):
+        records = read_lists(data, num_classes=4)
+    assert [r.label for r in records["train"]] == [1, 2, 3, 1]
+    assert any("trainlist01.txt:3 (data.train_list): the labels run 1..3 with no 0" in r.getMessage()
+               for r in caplog.records)
+    (tmp_path / "zero.txt").write_text("a.avi 0\nb.avi 1\nc.avi 2\n")  # 0-based: fine
+    assert len(read_lists(DataConfig(train_list=str(tmp_path / "zero.txt"), check_files=False))["train"]) == 3
+
+
+def test_a_val_label_the_train_list_lacks_is_refused(tmp_path, caplog):
+    """A typo label (8 in an 8-class val list) would silently make a 9-class model: refused with
+    the file, line and key; with the class count given, a warning."""
+    (tmp_path / "train.txt").write_text("".join(f"t{k}.mp4 10 {k % 8}\n" for k in range(16)))
+    (tmp_path / "val.txt").write_text("v0.mp4 10 3\nv1.mp4 10 8\nv2.mp4 10 1\n")
+    data = DataConfig(train_list=str(tmp_path / "train.txt"), val_list=str(tmp_path / "val.txt"), check_files=False)
+    with pytest.raises(ValueError, match=r"val.txt:2 \(data.val_list\): label 8 does not occur in the train list "
+                                         r".*train.txt .*fix the label"):
+        read_lists(data)
+    with caplog.at_level(logging.WARNING, logger="tcpnet.data.build"):
+        read_lists(data, num_classes=9)
+    assert any("val.txt:2 (data.val_list): label 8 does not occur" in r.getMessage() for r in caplog.records)
+
+
+def test_input_config_has_no_unused_extra_and_old_checkpoints_still_load(tmp_path):
+    """InputConfig.extra was never read: gone. A checkpoint written with it still loads."""
+    from tcpnet import build_model
+    from tcpnet.checkpoints import build_model_from_checkpoint, save_model
+
+    assert "extra" not in InputConfig().to_dict()
+    model = build_model("tcp_tiny", num_classes=3, num_segments=4, dim=8, mid_channels=8)
+    model.input_config = InputConfig(crop_size=48, scale_size=56, num_segments=4)
+    path = save_model(model, tmp_path / "m.pt")
+    old = torch.load(path, map_location="cpu", weights_only=True)
+    old["input_config"]["extra"] = {}  # as every checkpoint written before stored it
+    torch.save(old, tmp_path / "old.pt")
+    assert InputConfig.from_dict(old["input_config"]) == model.input_config
+    assert build_model_from_checkpoint(tmp_path / "old.pt").input_config == model.input_config

@@ -3,6 +3,7 @@ processes, reproducibility with seed + epoch, multi-view test items."""
 from __future__ import annotations
 
 import gc
+import logging
 import pickle
 
 import numpy as np
@@ -177,3 +178,23 @@ def test_bad_item_count_with_spawned_workers(video_root):
     clips, _ = run_epoch(ds, loader)
     assert clips.shape[0] == 7
     assert [b.path for b in ds.bad_items(0)] == [str(video_root / "corrupt.mp4")]
+
+
+def test_a_one_frame_video_or_still_image_is_warned_about_once(tmp_path, caplog):
+    """A 1-frame video or a still image gives a clip of one repeated frame: classified, but with a
+    warning that names the file, once however often it is read."""
+    from PIL import Image
+
+    one = write_video(tmp_path / "one.mp4", make_frames(1, 48, 64, seed=1))
+    still = tmp_path / "still.jpg"
+    Image.fromarray(make_frames(1, 48, 64, seed=2)[0]).save(still)
+    good = write_video(tmp_path / "good.mp4", make_frames(12, 48, 64, seed=3))
+    records = [VideoRecord(str(p), None, 0) for p in (one, still, good)]
+    ds = VideoDataset.from_config(records, "", CFG, mode="test", views="1x2")
+    with caplog.at_level(logging.WARNING, logger="tcpnet.data.dataset"):
+        for _ in range(3):
+            for i in range(len(ds)):
+                assert ds[i][0].shape == (2, 3, 4, 32, 32)
+    warned = [r.getMessage() for r in caplog.records if "has 1 frame" in r.getMessage()]
+    assert len(warned) == 2, warned
+    assert warned[0].startswith(f"{one}: has 1 frame") and warned[1].startswith(f"{still}: has 1 frame")

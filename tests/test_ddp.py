@@ -29,7 +29,7 @@ if rank == 0:  # single-process evaluation of the same weights, for comparison
     import dataclasses
     cfg1 = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=result["num_classes"]))
     val = build_datasets(cfg1.data, {"val": read_lists(cfg1.data)["val"]}, model.input_config,
-                         num_segments=cfg1.model.num_segments, num_classes=cfg1.model.num_classes, seed=cfg1.seed)["val"]
+                         num_classes=cfg1.model.num_classes, seed=cfg1.seed)["val"]
     loader = torch.utils.data.DataLoader(val, batch_size=5)
     res = evaluate(model, loader, device=torch.device("cpu"), num_classes=result["num_classes"])
     record["single"] = {k: v for k, v in res.metrics.items() if k != "confusion_matrix"}

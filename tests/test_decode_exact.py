@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tcpnet.data import load_clip
-from tcpnet.data import video as video_mod
+from tcpnet.data.readers import pyav as video_mod
 from videos import decode_all, make_frames, mp4_edit_lists, write_cut, write_open_gop, write_vfr, write_video
 
 CUT_START = 45  # the cut starts mid-GOP (keyframes every 32 frames in the source)

@@ -10,7 +10,7 @@ import torch
 from videos import make_frames, write_frame_folder, write_video
 
 from tcpnet.data import DecodeError, FrameIndexError, load_clip
-from tcpnet.data import video as video_reader
+from tcpnet.data.readers import pyav as video_reader
 from tcpnet.data.cache import DecodedVideoCache, clear_shared_cache, load_clip_cached, shared_cache
 
 H, W, T = 32, 48, 20
@@ -143,13 +143,13 @@ def test_workers_read_directly(videos):
 def test_dataset_with_the_cache_gives_the_same_items(videos):
     """VideoDataset (train pipeline: random segments and crops per epoch) with and without
     ``decoded_cache_bytes``: identical clips in every epoch; after the first, nothing is decoded."""
-    from tcpnet.data import VideoDataset, VideoRecord
+    from tcpnet.data import DecodeSpec, VideoDataset, VideoRecord
     from tcpnet.input_config import InputConfig
 
     records = [VideoRecord(str(p), T, i) for i, p in enumerate(videos)]
-    cfg = InputConfig(crop_size=32, scale_size=32)
-    plain, cached = (VideoDataset.from_config(records, input_config=cfg, mode="train", num_segments=4, seed=3,
-                                              decoded_cache_bytes=nbytes) for nbytes in (0, 10 * VIDEO_BYTES))
+    cfg = InputConfig(crop_size=32, scale_size=32, num_segments=4)
+    plain, cached = (VideoDataset.from_config(records, input_config=cfg, mode="train", seed=3,
+                                              decode=DecodeSpec(cache_bytes=nbytes)) for nbytes in (0, 10 * VIDEO_BYTES))
     clear_shared_cache()
     try:
         for epoch in range(3):

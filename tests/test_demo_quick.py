@@ -27,14 +27,18 @@ def test_second_run_reuses_the_data(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {"data", "data_quick"}  # a quick run keeps to its own
 
 
-def test_data_of_other_settings_or_a_broken_manifest_is_regenerated(tmp_path, capsys):
+def test_data_of_other_settings_is_regenerated_and_a_broken_manifest_refused(tmp_path, capsys):
     make_demo_data(tmp_path, data_settings=dict(TINY, num_frames=6))  # e.g. written by an older quick run
     data = make_demo_data(tmp_path, data_settings=TINY)
     assert json.loads((data / "manifest.json").read_text())["num_frames"] == 4
     assert "regenerating" in capsys.readouterr().out
+    # our manifests are written whole (renamed into place), so an unreadable one is not ours: the
+    # folder is refused, naming the file, and nothing in it is deleted
     (data / "manifest.json").write_text("{not json")
-    make_demo_data(tmp_path, data_settings=TINY)
-    assert json.loads((data / "manifest.json").read_text())["complete"] is True
+    before = _videos(data)
+    with pytest.raises(FileExistsError, match=r"manifest.json: not valid JSON .*use another out_dir"):
+        make_demo_data(tmp_path, data_settings=TINY)
+    assert _videos(data) == before and len(before) == 4
 
 
 @pytest.mark.slow

@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tcpnet.data import DecodeError, DecodeTimeout, VideoDataset, VideoRecord, load_clip, probe
-from tcpnet.data.video import clear_index_cache, read_video
+from tcpnet.data import DecodeError, DecodeSpec, DecodeTimeout, VideoDataset, VideoRecord, load_clip, probe
+from tcpnet.data.readers.pyav import clear_index_cache, read_video
 from tcpnet.input_config import InputConfig
 from videos import decode_all, make_frames, write_video
 
@@ -117,8 +117,8 @@ def test_mutated_files_through_a_dataset_and_two_workers(corpus):
 
     def run(workers: int):
         dataset = VideoDataset.from_config(records, "", cfg, mode="val", seed=0, on_error="replace",
-                                           max_consecutive_failures=100, decode_timeout=DEADLINE,
-                                           return_uint8=True, decode_threads=1)  # concealment depends on threads
+                                           max_consecutive_failures=100, return_uint8=True,
+                                           decode=DecodeSpec(threads=1, timeout=DEADLINE))  # concealment depends on threads
         batches = []
         for clips, labels in DataLoader(dataset, batch_size=16, num_workers=workers, shuffle=False):
             assert clips.shape[1:] == (3, 4, 32, 32) and clips.dtype == torch.uint8
@@ -180,17 +180,35 @@ def test_a_timed_out_video_is_a_bad_video_in_training_and_an_error_in_test(long_
     good = write_video(tmp_path / "good.mp4", make_frames(16, 48, 64))
     records = [VideoRecord(str(long_video), None, 0), VideoRecord(str(good), None, 1)]
     cfg = InputConfig(crop_size=32, scale_size=40, num_segments=4)
-    train = VideoDataset.from_config(records, "", cfg, mode="val", seed=0, decode_timeout=1e-9,
+    train = VideoDataset.from_config(records, "", cfg, mode="val", seed=0, decode=DecodeSpec(timeout=1e-9),
                                      max_consecutive_failures=3, return_uint8=True)
     with pytest.raises(RuntimeError, match="3 consecutive videos failed"):
         train[0]
     bad = {b.path for b in train.bad_items()}
     assert str(long_video) in bad and bad <= {str(long_video), str(good)}
-    test = VideoDataset.from_config(records, "", cfg, mode="test", decode_timeout=1e-9)
+    test = VideoDataset.from_config(records, "", cfg, mode="test", decode=DecodeSpec(timeout=1e-9))
     with pytest.raises(DecodeTimeout, match=str(long_video)):
         test[0]
-    ok = VideoDataset.from_config(records, "", cfg, mode="test", decode_timeout=30.0)
+    ok = VideoDataset.from_config(records, "", cfg, mode="test", decode=DecodeSpec(timeout=30.0))
     assert ok[1][0].shape == (3, 4, 32, 32)
+
+
+def test_the_deadline_covers_the_frame_count_probe(long_video):
+    """A list without frame counts: counting the frames (the packet index) is inside the item's
+    data.decode_timeout, not before it, and nothing is cached from a probe cut short."""
+    clear_index_cache()
+    with pytest.raises(DecodeTimeout, match=rf"{long_video}: reading took longer than the 1e-09 s deadline"):
+        probe(long_video, timeout=1e-9)
+    clear_index_cache()
+    cfg = InputConfig(crop_size=32, scale_size=40, num_segments=4)
+    ds = VideoDataset.from_config([VideoRecord(str(long_video), None, 0)], "", cfg, mode="test",
+                                  decode=DecodeSpec(timeout=1e-9))
+    with pytest.raises(DecodeTimeout, match=r"stopped (while opening the file|indexing packet \d+)"):
+        ds[0]
+    assert ds._num_frames_cache == {}  # the probe did not finish
+    ok = VideoDataset.from_config([VideoRecord(str(long_video), None, 0)], "", cfg, mode="test",
+                                  decode=DecodeSpec(timeout=30.0))
+    assert ok[0][0].shape == (3, 4, 32, 32) and ok._num_frames_cache == {0: 240}
 
 
 def test_decode_timeout_config_is_checked():

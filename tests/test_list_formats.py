@@ -99,8 +99,8 @@ def ssv1(ws: Path) -> Case:
             rows[subset].append(f"{vid};{label}")
     for subset, lines in rows.items():
         _write(ws / f"something-something-v1-{subset}.csv", "\n".join(lines) + "\n")
-    return Case([f"data.root={ws}/frames", "data.list_format=ssv1", "data.format=frames",
-                 "data.frame_template='{:05d}.jpg'", f"data.class_names={ws}/something-something-v1-labels.csv",
+    return Case([f"data.root={ws}/frames", "data.list_format=ssv1", "data.format=frames",  # frames {:05d}.jpg: the default
+                 f"data.class_names={ws}/something-something-v1-labels.csv",
                  f"data.train_list={ws}/something-something-v1-train.csv",
                  f"data.val_list={ws}/something-something-v1-validation.csv"],
                 ["3", "6"], [1, 0], sorted(labels))
@@ -135,6 +135,24 @@ def charades(ws: Path) -> Case:
                 ["EEEEE.mp4", "FFFFF.mp4"], [[0, 1, 1], [1, 0, 0]], None)
 
 
+def charades_frames(ws: Path) -> Case:
+    """Charades as its frames are distributed: ``<id>/<id>-000001.jpg``; read with the format's
+    default template (``{id}-{:06d}.jpg``), no data.frame_template given."""
+    actions = {"AAAAA": "c000 0.0 1.0", "BBBBB": "c001 0.0 0.5;c002 0.1 0.2", "CCCCC": "c002 0.1 0.3",
+               "DDDDD": "c000 0.0 0.4", "EEEEE": "c001 0.3 0.6", "FFFFF": "c000 0.0 0.2;c002 0.0 0.1"}
+    for k, vid in enumerate(actions):
+        write_frame_folder(ws / "Charades_v1_rgb" / vid, make_frames(FRAMES, SIZE, SIZE, seed=k),
+                           template=vid + "-{:06d}.jpg")
+    header = "id,subject,scene,actions\n"
+    rows = [f'{vid},S{k},Kitchen,"{a}"' for k, (vid, a) in enumerate(actions.items())]
+    _write(ws / "Charades_v1_train.csv", header + "\n".join(rows[:4]) + "\n")
+    _write(ws / "Charades_v1_test.csv", header + "\n".join(rows[4:]) + "\n")
+    return Case([f"data.root={ws}/Charades_v1_rgb", "data.format=frames", "data.multi_label=true",
+                 "model.num_classes=3", f"data.train_list={ws}/Charades_v1_train.csv",
+                 f"data.val_list={ws}/Charades_v1_test.csv"],  # list_format auto: a .csv is Charades
+                ["EEEEE", "FFFFF"], [[0, 1, 0], [1, 0, 1]], None)
+
+
 def video(ws: Path) -> Case:
     """`path label` with class names as labels and no class file: names sorted as found."""
     lines = {"train": [], "val": []}
@@ -154,6 +172,7 @@ def video(ws: Path) -> Case:
 
 FORMATS: Dict[str, Callable[[Path], Case]] = {
     "hmdb51": hmdb51, "ucf101": ucf101, "ssv1": ssv1, "folders": folders, "charades": charades, "video": video,
+    "charades_frames": charades_frames,
 }
 
 
@@ -194,7 +213,26 @@ def test_format_trains_and_tests_through_cli(fmt, tmp_path, cli):
     assert list(scores["paths"]) == case.test_paths
     assert scores["targets"].tolist() == case.test_targets
     assert np.isfinite(scores["view_logits"]).all()
-    if fmt == "charades":
+    if fmt.startswith("charades"):
         assert "mAP" in metrics
     else:
         assert set(metrics["per_class_accuracy"]) == set(case.class_names)
+
+
+def test_a_missing_first_frame_names_the_file_and_the_template(tmp_path):
+    """A frame template that does not match the folders: one error before any work that names the
+    file frame 1 should be, the template, and what the folder holds instead."""
+    from tcpnet.config import ConfigError, load_config
+    from tcpnet.data.build import check_data_config, read_lists
+
+    ws = tmp_path / "data"
+    case = ssv1(ws)
+    cfg = load_config(None, COMMON + case.overrides + ["data.frame_template=frame{:04d}.png"])
+    with pytest.raises(FileNotFoundError) as e:
+        read_lists(cfg.data)
+    msg = str(e.value)
+    assert "something-something-v1-train.csv (data.train_list): 4 of 4 frame folders without frame 1" in msg
+    assert (f"frame 1 not found: {ws / 'frames' / '1' / 'frame0001.png'} (data.frame_template='frame{{:04d}}.png'); "
+            f"{ws / 'frames' / '1'} holds 00001.jpg, 00002.jpg, 00003.jpg ...") in msg
+    with pytest.raises(ConfigError, match=r"data.frame_template='frame.png': expected one '\{\}' field"):
+        check_data_config(load_config(None, ["data.frame_template=frame.png"]).data)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tcpnet.data import RecordList, VideoRecord
-from tcpnet.data.lists import (check_records, multi_hot, read_charades, read_class_folders, read_class_names,
+from tcpnet.data.list_parsers import (check_records, multi_hot, read_charades, read_class_folders, read_class_names,
                                read_frame_list, read_hmdb51_split, read_something_v1, read_something_v1_labels,
                                read_ucf101_class_ind, read_ucf101_split, read_video_list)
 
@@ -156,10 +156,13 @@ def test_check_records_reports_all_missing(tmp_path):
     recs = [VideoRecord("a.mp4", None, 0), VideoRecord("b.mp4", None, 0),
             VideoRecord("frames/v1", 5, 0), VideoRecord("frames/v2", 5, 0), VideoRecord("c.mp4", None, 1)]
     missing = check_records(recs, tmp_path, frame_template="img_{:05d}.jpg", raise_error=False)
-    assert [Path(m).relative_to(tmp_path).as_posix() for m in missing] == ["b.mp4", "frames/v2", "c.mp4"]
-    with pytest.raises(FileNotFoundError, match=r"3 of 5 videos missing") as ei:
+    assert sorted(Path(m).relative_to(tmp_path).as_posix() for m in missing) == ["b.mp4", "c.mp4", "frames/v2"]
+    with pytest.raises(FileNotFoundError, match=r"2 of 5 videos missing") as ei:
         check_records(recs, tmp_path, frame_template="img_{:05d}.jpg")
     assert "b.mp4" in str(ei.value) and "c.mp4" in str(ei.value)
+    v2 = tmp_path / "frames" / "v2"
+    assert (f"1 of 5 frame folders without frame 1: frame 1 not found: {v2 / 'img_00001.jpg'} "
+            f"(data.frame_template='img_{{:05d}}.jpg'); {v2} is empty") in str(ei.value)
 
 
 def test_record_list_pickles_with_class_names():
@@ -169,13 +172,13 @@ def test_record_list_pickles_with_class_names():
 
 
 def test_submodule_import_is_not_shadowed():
-    """`from tcpnet.data import lists` must give the list-format module. Checked in a fresh
+    """`from tcpnet.data import list_parsers` must give the list-file parsers. Checked in a fresh
     interpreter: importing the sub-module first, as this file does, would hide a shadowing bug."""
     import subprocess
     import sys
 
-    code = ("from tcpnet.data import lists as m; "
-            "assert m.__name__ == 'tcpnet.data.lists', m; print('ok')")
+    code = ("from tcpnet.data import list_parsers as m; "
+            "assert m.__name__ == 'tcpnet.data.list_parsers', m; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from videos import decode_all, make_frames, write_video
 
-from tcpnet.data.lists import read_frame_list
+from tcpnet.data.list_parsers import read_frame_list
 from tcpnet.data.clip import load_clip
 from tcpnet.tools.prepare import (
     build_list,
@@ -79,6 +79,20 @@ def test_extract_frames_in_two_processes(video_tree, tmp_path):
     assert (s.done, s.failed) == (4, 0)
     with Image.open(tmp_path / "f" / "air_drumming" / "v1" / "img_00012.jpg") as im:
         assert im.size == (85, 64)
+
+
+def test_frames_named_with_the_video_id(video_tree, tmp_path):
+    """Charades' layout <id>/<id>-000001.jpg: extracted, listed and read with one template."""
+    template = "{id}-{:06d}.jpg"
+    s = extract_frames(video_tree, tmp_path / "f", short_side=32, template=template, workers=1, progress=False)
+    assert (s.done, s.failed) == (4, 0)
+    assert sorted(p.name for p in (tmp_path / "f" / "abseiling" / "v1").iterdir())[:2] == [
+        "v1-000001.jpg", "v1-000002.jpg"]
+    s = build_list(tmp_path / "f", tmp_path / "list.txt", kind="frames", template=template, progress=False)
+    assert (s.done, s.failed) == (4, 0) and (tmp_path / "list.txt").read_text().splitlines()[1] == "abseiling/v1 12 0"
+    assert load_clip(tmp_path / "f" / "abseiling" / "v1", [0, T - 1], frame_template=template).shape == (2, 32, 43, 3)
+    with pytest.raises(ValueError, match=r"data.frame_template='\{name\}-\{\}.jpg': expected one"):
+        extract_frames(video_tree, tmp_path / "g", template="{name}-{}.jpg", progress=False)
 
 
 def test_build_list_frames_and_videos(video_tree, tmp_path):
@@ -166,6 +180,33 @@ def test_scan_videos_finds_corrupt_files(video_tree, tmp_path):
         assert sorted(Path(p).name for p, _ in bad) == ["broken.mp4", "truncated.mp4"]
         assert all(err for _, err in bad)
     assert scan_videos(video_tree, progress=False) == []
+
+
+def test_scan_names_every_path_that_looks_like_a_video(video_tree, tmp_path):
+    """MPEG-TS files are scanned; a dangling symbolic link, a link loop, a FIFO and a directory named
+    like a video are each reported as what they are (a FIFO is never opened, so it cannot block), and
+    a FIFO is not an "empty file"."""
+    import os
+
+    root = tmp_path / "src"
+    shutil.copytree(video_tree, root)
+    write_video(root / "abseiling" / "stream.ts", make_frames(T, H, W, seed=5), codec="libx264", gop=4)
+    (root / "abseiling" / "cut.ts").write_bytes((root / "abseiling" / "stream.ts").read_bytes()[:400])
+    os.symlink(root / "gone.mp4", root / "abseiling" / "dangling.mp4")
+    os.symlink("loop.mp4", root / "abseiling" / "loop.mp4")
+    os.mkfifo(root / "abseiling" / "pipe.mp4")
+    (root / "abseiling" / "folder.mp4").mkdir()
+    os.symlink(root / "abseiling" / "v0.mp4", root / "abseiling" / "link.mp4")  # a link to a video: a video
+    bad = dict((Path(p).name, why) for p, why in scan_videos(root, progress=False))
+    assert sorted(bad) == ["cut.ts", "dangling.mp4", "folder.mp4", "loop.mp4", "pipe.mp4"]
+    assert bad["dangling.mp4"] == f"DecodeError: cannot stat: a dangling symbolic link (to {root / 'gone.mp4'})"
+    assert bad["loop.mp4"] == "DecodeError: cannot stat: a symbolic link loop"
+    assert bad["pipe.mp4"] == "DecodeError: not a regular file: a FIFO (named pipe); reading it would block"
+    assert bad["folder.mp4"] == "DecodeError: not a regular file: a directory"
+    with pytest.raises(Exception, match="not a regular file: a FIFO") as info:  # the reader says the same
+        load_clip(root / "abseiling" / "pipe.mp4", [0])
+    assert "empty file" not in str(info.value)
+    assert load_clip(root / "abseiling" / "stream.ts", [0, T - 1]).shape == (2, H, W, 3)
 
 
 def _keyframe_flags(path: Path) -> list[bool]:

@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from tcpnet.data.lists import read_frame_list
+from tcpnet.data.list_parsers import read_frame_list
 from tcpnet.data.clip import load_clip, probe
 from tcpnet.tools.synthetic import (
     MAX_CLASSES,
@@ -317,3 +317,71 @@ def test_resume_after_interruption(small, tmp_path):
     r = make_synthetic_dataset(root, seed=0, workers=1, progress=False, **SMALL)
     assert not r.reused and missing.exists() and kept.stat().st_mtime_ns == mtime
     assert _digest(root) == _digest(small.root)
+
+
+# ------------------------------------------------------------------ whose files: never delete what we did not write
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_that_is_not_ours_is_refused_and_left_alone(tmp_path, overwrite):
+    """A folder with the user's train.txt / classes.txt / videos and no manifest of ours: refused
+    (with or without overwrite), every file as it was; the CLI says so in one line."""
+    root = tmp_path / "mine"
+    (root / "videos").mkdir(parents=True)
+    (root / "train.txt").write_text("my/own.mp4 10 0\n")
+    (root / "classes.txt").write_text("cat\ndog\n")
+    (root / "videos" / "holiday.mp4").write_bytes(b"precious")
+    before = _tree(root)
+    with pytest.raises(FileExistsError, match=rf"{root}: not empty .*not a synthetic dataset"):
+        make_synthetic_dataset(root, seed=0, overwrite=overwrite, workers=1, progress=False, **SMALL)
+    (root / "manifest.json").write_text(json.dumps({"format": "someone-else", "videos": 3}))
+    before = _tree(root)
+    with pytest.raises(FileExistsError, match="not a tcpnet synthetic dataset manifest"):
+        make_synthetic_dataset(root, seed=0, overwrite=overwrite, workers=1, progress=False, **SMALL)
+    assert _tree(root) == before
+
+    from tcpnet.cli import main
+
+    args = ["synth", str(root), "--num-classes", "8", "--train-per-class", "2", "--val-per-class", "1",
+            "--frames", "16", "--size", "64", "--workers", "1"] + (["--overwrite"] if overwrite else [])
+    assert main(args) != 0
+    assert _tree(root) == before
+
+
+def test_overwrite_removes_only_the_files_our_manifest_lists(small, tmp_path):
+    """Replacing our dataset (other settings, --overwrite) deletes the videos and lists it wrote and
+    nothing else: a file the user added under videos/ (and its folders) stays."""
+    import shutil
+
+    root = tmp_path / "ours"
+    shutil.copytree(small.root, root)
+    mine = {"videos/train/grow/my_take.mp4": b"mine", "videos/notes.txt": b"notes", "README": b"readme"}
+    for rel, data in mine.items():
+        (root / rel).write_bytes(data)
+    old_video = "videos/val/rotate_cw/00000.mp4"
+    assert (root / old_video).is_file()
+    fewer = dict(SMALL, num_classes=4)
+    r = make_synthetic_dataset(root, seed=0, overwrite=True, workers=1, progress=False, **fewer)
+    assert not r.reused and len(r.train_list.read_text().splitlines()) == 4 * 2
+    tree = _tree(root)
+    assert all(tree[rel] == data for rel, data in mine.items())
+    assert old_video not in tree  # ours, not in the new set: removed
+    assert not (root / "videos" / "val" / "rotate_cw").exists()  # emptied class folders go too
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == sorted(r for r in tree if r not in mine)
+
+
+def test_the_demo_data_step_never_deletes_foreign_files(tmp_path):
+    """The demo regenerates its own synthetic set of other settings, but a data folder with another
+    tool's manifest is refused, its videos untouched (it used to be `rm -rf data/videos`)."""
+    from tcpnet.apps.demo import make_demo_data
+
+    data = tmp_path / "out" / "data_quick"
+    (data / "videos").mkdir(parents=True)
+    (data / "manifest.json").write_text(json.dumps({"format": "my-annotations"}))
+    (data / "videos" / "clip.mp4").write_bytes(b"not ours")
+    with pytest.raises(FileExistsError, match="not a tcpnet synthetic dataset manifest"):
+        make_demo_data(tmp_path / "out", quick=True, data_settings=dict(SMALL, num_classes=2))
+    assert (data / "videos" / "clip.mp4").read_bytes() == b"not ours"

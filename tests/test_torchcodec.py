@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tcpnet.data import load_clip
-from tcpnet.data import torchcodec_reader
-from tcpnet.data import video as video_mod
+from tcpnet.data.readers import torchcodec as torchcodec_reader
+from tcpnet.data.readers import pyav as video_mod
 from tcpnet.data.errors import DecodeError, FrameIndexError
 from videos import make_frames, write_cut, write_open_gop, write_vfr, write_video
 
@@ -104,13 +104,13 @@ def test_bad_files_raise_decode_error(tmp_path):
 
 
 def test_dataset_reader_seam(files):
-    from tcpnet.data import TSNTrainSampler, VideoDataset, VideoRecord
+    from tcpnet.data import ClipSpec, DecodeSpec, TSNTrainSampler, VideoDataset, VideoRecord
 
     records = [VideoRecord(str(files[name]), None, 0) for name in ("x264_gop16_b2.mp4", "vp9_gop16.webm")]
-    kwargs = dict(sampler=TSNTrainSampler(4), seed=0, return_uint8=True)
-    ours = VideoDataset(records, reader="torchcodec", **kwargs)
+    kwargs = dict(clip=ClipSpec(TSNTrainSampler(4)), seed=0, return_uint8=True)
+    ours = VideoDataset(records, decode=DecodeSpec(reader="torchcodec"), **kwargs)
     pyav = VideoDataset(records, **kwargs)
     for i in range(len(records)):
         assert torch.equal(ours[i][0], pyav[i][0])
     with pytest.raises(ValueError, match="reader must be one of"):
-        VideoDataset(records, reader="decord", **kwargs)
+        VideoDataset(records, decode=DecodeSpec(reader="decord"), **kwargs)

@@ -53,7 +53,7 @@ class DataConfig:
     format: Optional[str] = None        # video | frames (None: inferred; readers detect files vs folders)
     list_format: str = "auto"           # a registered format: tcpnet.data.formats.list_formats()
     split: int = 1                      # hmdb51: which official split (1-3) the split folder is read for
-    frame_template: str = "img_{:05d}.jpg"
+    frame_template: Optional[str] = None  # frame folders: None = the list format's default (tcpnet.data.formats); "{id}" = the folder name
     class_names: Optional[str] = None   # classes.txt, one name per line (ucf101: classInd.txt, ssv1: labels csv)
     num_workers: int = 4
     flip: bool = True                   # horizontal flip in training (off for Something-Something)

@@ -1,7 +1,7 @@
 """What a model expects of its input clips: the data pipeline reads this instead of repeating it."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Dict, Tuple
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -25,7 +25,6 @@ class InputConfig:
     crop_size: int = 224
     scale_size: int = 256
     num_segments: int = 8
-    extra: Dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain-dict form for JSON/YAML and checkpoints."""
@@ -33,7 +32,10 @@ class InputConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "InputConfig":
+        """The config a ``to_dict`` gave; the ``extra`` key of older checkpoints (always empty,
+        never read) is dropped."""
         d = dict(d)
+        d.pop("extra", None)
         for k in ("mean", "std"):
             if k in d:
                 d[k] = tuple(float(v) for v in d[k])

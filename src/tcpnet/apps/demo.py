@@ -47,14 +47,15 @@ def make_demo_data(out_dir: Union[str, Path], quick: bool = False, *, seed: int 
                    data_settings: Optional[Dict[str, Any]] = None) -> Path:
     """The demo's synthetic set in ``<out_dir>/data`` (``data_quick`` for ``quick``, so a quick run
     never clobbers the full data): reused when it is there with these settings, else written,
-    replacing whatever the folder holds (it is the demo's own cache). Returns the folder."""
-    from tcpnet.tools.synthetic import make_synthetic_dataset
+    replacing a synthetic set of other settings there (only the files its manifest lists); a folder
+    that holds anything else is refused. Returns the folder."""
+    from tcpnet.tools.synthetic import OtherSettingsError, make_synthetic_dataset
 
     data_dir = Path(out_dir) / ("data_quick" if quick else "data")
     settings = dict(QUICK_DATA if quick else DEMO_DATA, **(data_settings or {}))
     try:
         make_synthetic_dataset(data_dir, seed=seed, progress=False, **settings)
-    except FileExistsError:  # other settings, or an unreadable manifest
+    except OtherSettingsError:  # our synthetic set, other settings: replace it
         print(f"tcpnet demo: regenerating {data_dir} (it holds other synthetic data)")
         make_synthetic_dataset(data_dir, seed=seed, progress=False, overwrite=True, **settings)
     return data_dir

@@ -41,7 +41,7 @@ class Prediction:
 
 def read_labels(path: str, num_classes: Optional[int] = None) -> List[str]:
     """Class names, one per line (line i = class i); checked against the model's class count."""
-    from tcpnet.data.lists import read_class_names
+    from tcpnet.data.list_parsers import read_class_names
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: labels file not found")
@@ -58,7 +58,7 @@ def build_predict_dataset(model: nn.Module, videos: Sequence[str], views: str = 
 
     records = [VideoRecord(str(v), None, 0) for v in videos]
     return VideoDataset.from_config(records, "", model.input_config, mode="test", views=views,
-                                    num_segments=model.num_segments, on_error="raise", min_frames=0)
+                                    on_error="raise", min_frames=0)
 
 
 @torch.no_grad()

@@ -250,8 +250,7 @@ def write_test_report(result: Any, cfg: Any, *, path: Union[str, Path, None] = N
     records = read_list(cfg.data, subset, path=m["test_list"], class_names=result.class_names, num_classes=k)
     if [r.path for r in records] != list(result.paths):
         raise ValueError(f"{m['test_list']}: the list no longer matches the tested videos")
-    dataset = build_test_dataset(cfg.data, records, model.input_config, views=(1, 1),
-                                 num_segments=model.num_segments, num_classes=k)
+    dataset = build_test_dataset(cfg.data, records, model.input_config, views=(1, 1), num_classes=k)
     checkpoints = m["checkpoints"]
     details = [("model", model.model_name or "-"), ("checkpoint" + ("s" if len(checkpoints) > 1 else ""),
                                                      ", ".join(checkpoints)),

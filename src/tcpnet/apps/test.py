@@ -194,7 +194,7 @@ def run_test(cfg: Config, checkpoints: Union[str, Sequence[str], None] = None,
         rec_paths: Optional[List[str]] = None
         for path, model, weight in zip(paths, models, weights):
             dataset = build_test_dataset(cfg.data, records, model.input_config, views=(crops, clips),
-                                         num_segments=model.num_segments, num_classes=num_classes)
+                                         num_classes=num_classes)
             rec_paths = [r.path for r in dataset.records]
             shard = IndexedSubset(dataset, shard_indices(len(dataset), info.rank, info.world_size))
             loader = DataLoader(shard, batch_size=cfg.test.batch_size, num_workers=cfg.data.num_workers,

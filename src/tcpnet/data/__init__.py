@@ -1,74 +1,69 @@
-"""Video data: readers, sampling, transforms, list formats, datasets and their assembly."""
+"""Video data: readers, sampling, transforms, list formats, datasets and their assembly.
 
+Every name in a sub-module's ``__all__`` is importable from here (``from tcpnet.data import
+VideoDataset``). The table is read from the sub-modules' source on first use, without importing
+them, and a name is imported with its module only when asked for, so ``import tcpnet.data`` stays
+cheap and a new module's exports need no edit here.
+"""
 import importlib
-from typing import Any
+from typing import Any, Dict, List, Optional, Set, Tuple
 
-# Lazy re-exports: name -> defining module (keeps `import tcpnet.data` cheap and lets the
-# sub-modules load independently).
-_LAZY = {
-    "load_clip": "tcpnet.data.clip",
-    "probe": "tcpnet.data.clip",
-    "VideoInfo": "tcpnet.data.records",
-    "DecodeError": "tcpnet.data.errors",
-    "DecodeTimeout": "tcpnet.data.errors",
-    "FrameIndexError": "tcpnet.data.errors",
-    "FrameSampler": "tcpnet.data.samplers",
-    "TSNTrainSampler": "tcpnet.data.samplers",
-    "TSNValSampler": "tcpnet.data.samplers",
-    "TSNTestSampler": "tcpnet.data.samplers",
-    "DenseSampler": "tcpnet.data.samplers",
-    "build_sampler": "tcpnet.data.samplers",
-    "ClipTransform": "tcpnet.data.transforms",
-    "Compose": "tcpnet.data.transforms",
-    "resize": "tcpnet.data.transforms",
-    "ResizeShorterSide": "tcpnet.data.transforms",
-    "CenterCrop": "tcpnet.data.transforms",
-    "MultiScaleCrop": "tcpnet.data.transforms",
-    "RandomHorizontalFlip": "tcpnet.data.transforms",
-    "ThreeCrop": "tcpnet.data.transforms",
-    "FiveCrop": "tcpnet.data.transforms",
-    "TenCrop": "tcpnet.data.transforms",
-    "Normalize": "tcpnet.data.transforms",
-    "to_float": "tcpnet.data.transforms",
-    "normalize": "tcpnet.data.transforms",
-    "to_views": "tcpnet.data.transforms",
-    "fixed_crop_offsets": "tcpnet.data.transforms",
-    "multiscale_crop_sizes": "tcpnet.data.transforms",
-    "parse_views": "tcpnet.data.transforms",
-    "build_transform": "tcpnet.data.transforms",
-    "VideoRecord": "tcpnet.data.records",
-    "RecordList": "tcpnet.data.records",
-    "VIDEO_EXTENSIONS": "tcpnet.data.lists",
-    "read_frame_list": "tcpnet.data.lists",
-    "read_video_list": "tcpnet.data.lists",
-    "read_class_names": "tcpnet.data.lists",
-    "read_class_folders": "tcpnet.data.lists",
-    "read_something_v1_labels": "tcpnet.data.lists",
-    "read_something_v1": "tcpnet.data.lists",
-    "read_charades": "tcpnet.data.lists",
-    "read_hmdb51_split": "tcpnet.data.lists",
-    "read_ucf101_class_ind": "tcpnet.data.lists",
-    "read_ucf101_split": "tcpnet.data.lists",
-    "multi_hot": "tcpnet.data.lists",
-    "check_records": "tcpnet.data.lists",
-    "VideoDataset": "tcpnet.data.dataset",
-    "BadItem": "tcpnet.data.dataset",
-    "ListSource": "tcpnet.data.formats",
-    "register_list_format": "tcpnet.data.formats",
-    "list_formats": "tcpnet.data.formats",
-    "check_data_config": "tcpnet.data.build",
-    "read_lists": "tcpnet.data.build",
-    "build_datasets": "tcpnet.data.build",
-    "build_test_dataset": "tcpnet.data.build",
-    "resolve_input_config": "tcpnet.data.build",
-}
+_exports: Optional[Dict[str, str]] = None  # public name -> module that provides it, built on first use
+
+
+def _public_names(source: str, filename: str) -> Tuple[List[str], Set[str]]:
+    """(``__all__``, the names the module defines itself) of a module's source text."""
+    import ast
+
+    listed: List[str] = []
+    defined: Set[str] = set()
+    for node in ast.parse(source, filename).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names = [t.id for t in targets if isinstance(t, ast.Name)]
+            defined.update(names)
+            if "__all__" in names:
+                try:
+                    listed = list(ast.literal_eval(node.value))
+                except ValueError:
+                    raise ImportError(f"{filename}:{node.lineno}: __all__ must be a literal list of names") from None
+    return listed, defined
+
+
+def exports() -> Dict[str, str]:
+    """``{name: module}`` for every name in the ``__all__`` of a sub-module of this package; a name
+    several modules list (a re-export) maps to the module that defines it."""
+    global _exports
+    if _exports is None:
+        import importlib.util
+        import pkgutil
+
+        table: Dict[str, str] = {}
+        defining: Set[str] = set()
+        for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+            module = f"{__name__}.{info.name}"
+            spec = importlib.util.find_spec(module)
+            source = spec.loader.get_source(module) if spec and spec.loader else None
+            if source is None:
+                continue
+            listed, defined = _public_names(source, spec.origin or module)
+            for name in listed:
+                if name not in table or (name in defined and name not in defining):
+                    table[name] = module
+                    if name in defined:
+                        defining.add(name)
+        _exports = table
+    return _exports
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'tcpnet.data' has no attribute {name!r}")
+    module = exports().get(name) if not name.startswith("__") else None
+    if module is None:
+        raise AttributeError(f"module 'tcpnet.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 
 def __dir__() -> list:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(exports()))

@@ -2,9 +2,12 @@
 
 ``check_data_config`` (before any work) -> ``read_lists`` (the format named by
 ``data.list_format``, every missing video and every label outside the class count reported up
-front) -> ``build_datasets`` (train and val) or ``build_test_dataset`` (views). The
-``data.crop_size``/``data.scale_size`` override of the model's input config is applied in one
-place, :func:`resolve_input_config`.
+front, numbering that would shift or add classes refused) -> ``build_datasets`` (train and val)
+or ``build_test_dataset`` (views). The clip length T is the input config's ``num_segments`` (the
+model's). The ``data.crop_size``/``data.scale_size`` override of the model's input config is
+:func:`resolve_input_config`, applied once per path: by the trainer, which keeps the result as the
+model's input config (``build_datasets`` checks it was), and by ``build_test_dataset`` to the
+checkpoint's config.
 """
 from __future__ import annotations
 
@@ -16,16 +19,18 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 from torch.utils.data import Dataset
 
 from tcpnet.config import ConfigError, DataConfig
-from tcpnet.data.dataset import VideoDataset
-from tcpnet.data.formats import ListSource, get_list_format
-from tcpnet.data.lists import check_labels, check_records
-from tcpnet.data.records import RecordList
+from tcpnet.data.dataset import DecodeSpec, VideoDataset
+from tcpnet.data.formats import ListSource, frame_template_for, get_list_format
+from tcpnet.data.frame_template import check_frame_template
+from tcpnet.data.list_parsers import check_labels, check_records
+from tcpnet.data.records import RecordList, VideoRecord
 from tcpnet.input_config import InputConfig
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["check_data_config", "load_class_names", "read_list", "read_lists", "check_list_labels",
-           "infer_num_classes", "resolve_input_config", "build_datasets", "build_test_dataset", "IndexedSubset"]
+           "check_label_numbering", "infer_num_classes", "resolve_input_config", "build_datasets",
+           "build_test_dataset", "IndexedSubset"]
 
 SUBSETS = ("train", "val", "test")
 
@@ -39,6 +44,11 @@ def check_data_config(data_cfg: DataConfig) -> None:
             raise ConfigError(f"data.list_format={name} needs data.{key}")
     if data_cfg.split < 1:
         raise ConfigError(f"data.split must be >= 1, got {data_cfg.split}")
+    if data_cfg.frame_template is not None:
+        try:
+            check_frame_template(data_cfg.frame_template)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
 
 def load_class_names(data_cfg: DataConfig) -> Optional[List[str]]:
@@ -74,10 +84,11 @@ def read_list(data_cfg: DataConfig, subset: str, *, path: Optional[str] = None,
     if not data_cfg.multi_label and any(isinstance(r.label, (list, tuple)) for r in records):
         raise ValueError(f"{path} ({key}): multi-label records; set data.multi_label=true")
     records.source = f"{path} ({key})"
+    records.frame_template = frame_template_for(data_cfg, str(path))
     if num_classes is not None:
         check_labels(records, num_classes, path, key, classes_from or "")
     if data_cfg.check_files:
-        template = data_cfg.frame_template if data_cfg.format != "video" else None
+        template = records.frame_template if data_cfg.format != "video" else None
         try:
             check_records(records, data_cfg.root, frame_template=template)
         except FileNotFoundError as e:
@@ -114,7 +125,45 @@ def read_lists(data_cfg: DataConfig, *, num_classes: Optional[int] = None,
             names = recs.class_names
             names_from = f"named by data.{subset}_list = {path}"
         records[subset] = recs
+    check_label_numbering(data_cfg, records, inferred=num_classes is None and names is None)
     return records
+
+
+def _labels(record: VideoRecord) -> List[int]:
+    return [int(lab) for lab in (record.label if isinstance(record.label, (list, tuple)) else [record.label])]
+
+
+def check_label_numbering(data_cfg: DataConfig, records: Dict[str, Sequence[VideoRecord]], *, inferred: bool) -> None:
+    """Catch numberings that shift or add classes without a word: train labels 1..K with no 0 (a
+    1-based list, as UCF101's ``trainlistNN.txt`` read as a plain video list) and val/test labels
+    the train list does not have (a typo). While the class count is ``inferred`` from the labels,
+    either is a ``ValueError`` naming the list, line and key; once model.num_classes or class names
+    fix the count, a warning."""
+    train = records.get("train")
+    if not train:
+        return
+    seen = {lab for r in train for lab in _labels(r)}
+
+    def complain(subset: str, record: VideoRecord, msg: str, fix: str) -> None:
+        where = f"{getattr(data_cfg, f'{subset}_list')}:{record.line} (data.{subset}_list)"
+        if inferred:
+            raise ValueError(f"{where}: {msg}; {fix}")
+        logger.warning("%s: %s", where, msg)
+
+    if len(seen) > 1 and seen == set(range(1, max(seen) + 1)):
+        last = next(r for r in train if max(seen) in _labels(r))
+        complain("train", last, f"the labels run 1..{max(seen)} with no 0, as in a 1-based list; read as "
+                 f"0-based they make {max(seen) + 1} classes, class 0 without a video and every label off by one",
+                 "number the labels from 0, or for UCF101 use data.list_format=ucf101 with data.class_names=classInd.txt")
+    for subset in ("val", "test"):
+        new = [(r, lab) for r in records.get(subset, ()) for lab in _labels(r) if lab not in seen]
+        if new:
+            record, lab = new[0]
+            others = sorted({lab for _, lab in new})
+            complain(subset, record, f"label {lab} does not occur in the train list {data_cfg.train_list} "
+                     f"({len(new)} label(s) of this list do not: {others[:10]}); it would add a class that no "
+                     f"video trains", "fix the label, or set model.num_classes (or data.class_names) if the "
+                     "train list lacks these classes on purpose")
 
 
 def check_list_labels(records: Dict[str, Sequence], num_classes: int, data_cfg: DataConfig,
@@ -146,35 +195,44 @@ def resolve_input_config(data_cfg: DataConfig, input_config: InputConfig) -> Inp
                                scale_size=data_cfg.scale_size or input_config.scale_size)
 
 
+def _decode_spec(data_cfg: DataConfig, records: Sequence[VideoRecord]) -> DecodeSpec:
+    """How the records' files are read: ``data.reader``, ``data.cache_decoded_mb`` and
+    ``data.decode_timeout``, and the frame template their list format names (see :func:`read_list`)."""
+    template = getattr(records, "frame_template", None) or frame_template_for(data_cfg)
+    return DecodeSpec(frame_template=template, reader=data_cfg.reader, cache_bytes=data_cfg.cache_decoded_mb * 2**20,
+                      timeout=data_cfg.decode_timeout)
+
+
 def build_datasets(data_cfg: DataConfig, records: Dict[str, Sequence], input_config: InputConfig, *,
-                   num_segments: int, num_classes: Optional[int], seed: int,
-                   max_consecutive_failures: int = 10) -> Dict[str, VideoDataset]:
+                   num_classes: Optional[int], seed: int, max_consecutive_failures: int = 10) -> Dict[str, VideoDataset]:
     """A VideoDataset per subset: train = random segments, multi-scale crop and flip; val (and
-    test) = segment centres, resize and centre crop. Videos with fewer than 3 frames are dropped."""
-    input_config = resolve_input_config(data_cfg, input_config)
+    test) = segment centres, resize and centre crop; T = ``input_config.num_segments``. Videos with
+    fewer than 3 frames are dropped. ``input_config`` is the model's, with :func:`resolve_input_config`
+    already applied (the trainer keeps it on the model); an unresolved one is a ValueError."""
+    for key in ("crop_size", "scale_size"):
+        wanted = getattr(data_cfg, key)
+        if wanted and getattr(input_config, key) != wanted:
+            raise ValueError(f"input_config.{key}={getattr(input_config, key)} but data.{key}={wanted}: pass "
+                             f"resolve_input_config(data_cfg, input_config), the model's input config with the data overrides")
     if data_cfg.cache_decoded_mb and data_cfg.num_workers:
         logger.warning("data.cache_decoded_mb=%d is not used with data.num_workers=%d: the decoded-video cache "
                        "serves the main process only (tcpnet.data.cache); set data.num_workers=0",
                        data_cfg.cache_decoded_mb, data_cfg.num_workers)
     return {subset: VideoDataset.from_config(
-                recs, data_cfg.root, input_config, mode="train" if subset == "train" else "val",
-                num_segments=num_segments, flip=data_cfg.flip, num_classes=num_classes,
-                multi_label=data_cfg.multi_label, frame_template=data_cfg.frame_template, seed=seed,
-                max_consecutive_failures=max_consecutive_failures, reader=data_cfg.reader,
-                decoded_cache_bytes=data_cfg.cache_decoded_mb * 2**20, decode_timeout=data_cfg.decode_timeout)
+                recs, data_cfg.root, input_config, mode="train" if subset == "train" else "val", flip=data_cfg.flip,
+                num_classes=num_classes, multi_label=data_cfg.multi_label, seed=seed,
+                max_consecutive_failures=max_consecutive_failures, decode=_decode_spec(data_cfg, recs))
             for subset, recs in records.items()}
 
 
 def build_test_dataset(data_cfg: DataConfig, records: Sequence, input_config: InputConfig, *,
-                       views: Union[str, Tuple[int, int]], num_segments: int,
-                       num_classes: Optional[int]) -> VideoDataset:
+                       views: Union[str, Tuple[int, int]], num_classes: Optional[int]) -> VideoDataset:
     """The test dataset: ``views`` (crops x clips) of every video, none dropped; a video that
-    cannot be read is an error, not replaced."""
+    cannot be read is an error, not replaced. ``input_config`` is a trained model's (T =
+    ``num_segments``); ``data.crop_size``/``data.scale_size`` override it here."""
     return VideoDataset.from_config(
         records, data_cfg.root, resolve_input_config(data_cfg, input_config), mode="test", views=views,
-        num_segments=num_segments, num_classes=num_classes, multi_label=data_cfg.multi_label,
-        frame_template=data_cfg.frame_template, min_frames=0, reader=data_cfg.reader,
-        decoded_cache_bytes=data_cfg.cache_decoded_mb * 2**20, decode_timeout=data_cfg.decode_timeout)
+        num_classes=num_classes, multi_label=data_cfg.multi_label, min_frames=0, decode=_decode_spec(data_cfg, records))
 
 
 class IndexedSubset(Dataset):

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from tcpnet.data.clip import DEFAULT_FRAME_TEMPLATE, load_clip, probe
-from tcpnet.data.errors import FrameIndexError
+from tcpnet.data.clip import DEFAULT_FRAME_TEMPLATE, frame_indices, load_clip, probe
+from tcpnet.data.errors import Deadline, Timeout
 from tcpnet.data.records import PathLike
 
 __all__ = ["DecodedVideoCache", "load_clip_cached", "shared_cache", "clear_shared_cache"]
@@ -63,8 +63,11 @@ class DecodedVideoCache:
 
     def load(self, path: PathLike, indices: Indices, *, frame_template: str = DEFAULT_FRAME_TEMPLATE,
              threads: Optional[int] = None, reader: str = "pyav",
-             timeout: Optional[float] = None) -> torch.Tensor:
-        """Frames ``indices`` of ``path`` as ``load_clip`` gives them, from the cache when held."""
+             timeout: Timeout = None) -> torch.Tensor:
+        """Frames ``indices`` of ``path`` as ``load_clip`` gives them, from the cache when held
+        (``timeout`` bounds the probe and the decoding together)."""
+        timeout = Deadline.of(timeout)
+
         def read(wanted: Indices) -> torch.Tensor:
             return load_clip(path, wanted, frame_template=frame_template, threads=threads, reader=reader,
                              timeout=timeout)
@@ -77,7 +80,7 @@ class DecodedVideoCache:
             self._videos.move_to_end(key)
             self.hits += 1
         else:
-            info = probe(path, frame_template=frame_template)
+            info = probe(path, frame_template=frame_template, timeout=timeout)
             if info.num_frames * (info.height or 0) * (info.width or 0) * 3 > self.max_bytes:
                 self.too_large += 1
                 return read(indices)
@@ -88,7 +91,7 @@ class DecodedVideoCache:
                 self.too_large += 1
             else:
                 self._store(key, frames)
-        return torch.from_numpy(frames[_checked(path, indices, len(frames))])
+        return torch.from_numpy(frames[frame_indices(path, indices, len(frames))])
 
     def _store(self, key: tuple, frames: np.ndarray) -> None:
         while self._videos and self.nbytes + frames.nbytes > self.max_bytes:
@@ -108,25 +111,6 @@ def _key(path: PathLike, frame_template: str, reader: str) -> Optional[tuple]:
         return None
     how = frame_template if os.path.isdir(full) else reader
     return (full, st.st_mtime_ns, st.st_size, how)
-
-
-def _checked(path: PathLike, indices: Indices, num_frames: int) -> np.ndarray:
-    """``indices`` as a 1-D int64 array, with the readers' errors for bad values."""
-    if isinstance(indices, torch.Tensor):
-        indices = indices.cpu().numpy()
-    array = np.asarray(indices)
-    if array.ndim == 0:
-        array = array.reshape(1)
-    if array.ndim != 1:
-        raise ValueError(f"{os.fspath(path)}: indices must be 1-D, got shape {array.shape}")
-    if array.size and not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(f"{os.fspath(path)}: indices must be integers, got dtype {array.dtype}")
-    array = array.astype(np.int64, copy=False)
-    if array.size and array.min() < 0:
-        raise FrameIndexError(path, int(array.min()), None)
-    if array.size and array.max() >= num_frames:
-        raise FrameIndexError(path, int(array.max()), num_frames)
-    return array
 
 
 _shared: Optional[DecodedVideoCache] = None
@@ -151,7 +135,7 @@ def clear_shared_cache() -> None:
 
 def load_clip_cached(path: PathLike, indices: Indices, *, max_bytes: int,
                      frame_template: str = DEFAULT_FRAME_TEMPLATE, threads: Optional[int] = None,
-                     reader: str = "pyav", timeout: Optional[float] = None) -> torch.Tensor:
+                     reader: str = "pyav", timeout: Timeout = None) -> torch.Tensor:
     """:func:`~tcpnet.data.load_clip` through this process's cache of at most ``max_bytes``
     (plain ``load_clip`` inside a DataLoader worker, see the module docstring)."""
     if torch.utils.data.get_worker_info() is not None:

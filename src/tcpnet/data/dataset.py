@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -33,15 +33,16 @@ from torch.utils.data import Dataset
 
 from tcpnet.config import READERS
 from tcpnet.data.cache import load_clip_cached
-from tcpnet.data.clip import DEFAULT_FRAME_TEMPLATE, load_clip, probe
-from tcpnet.data.errors import DecodeError
-from tcpnet.data.lists import multi_hot
+from tcpnet.data.clip import load_clip, probe
+from tcpnet.data.errors import Deadline, DecodeError, Timeout
+from tcpnet.data.frame_template import DEFAULT_FRAME_TEMPLATE, check_frame_template
+from tcpnet.data.list_parsers import multi_hot
 from tcpnet.data.records import VideoRecord
 from tcpnet.data.samplers import build_sampler
 from tcpnet.data.transforms import ClipTransform, build_transform, parse_views, to_float, to_views
 from tcpnet.input_config import InputConfig
 
-__all__ = ["VideoDataset", "BadItem"]
+__all__ = ["VideoDataset", "BadItem", "ClipSpec", "DecodeSpec"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,50 +60,76 @@ class BadItem:
     failures: int
 
 
+@dataclass(frozen=True)
+class ClipSpec:
+    """What an item's clip is: which frames (``sampler(num_frames, rng)`` -> indices), which pixels
+    (``transform``, on uint8 frames) and how they become model input (``input_config``)."""
+
+    sampler: Callable
+    transform: Optional[Callable] = None
+    input_config: InputConfig = field(default_factory=InputConfig)
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """How a record's frames are read from disk.
+
+    ``frame_template``: the image names of a frame folder (see :mod:`tcpnet.data.frame_template`).
+    ``reader``: the video decoder, "pyav" or "torchcodec" (optional; exact mode). ``threads``:
+    FFmpeg threads per video (``None``: 1 inside DataLoader workers, FFmpeg's choice in the main
+    process). ``cache_bytes``: keep whole decoded videos in this process's memory, up to this many
+    bytes (0: off; :mod:`tcpnet.data.cache`). ``timeout``: seconds one video may take, frame-count
+    probe included (``None``: no limit); past it, :class:`~tcpnet.data.DecodeTimeout`.
+    """
+
+    frame_template: str = DEFAULT_FRAME_TEMPLATE
+    reader: str = "pyav"
+    threads: Optional[int] = None
+    cache_bytes: int = 0
+    timeout: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.reader not in READERS:
+            raise ValueError(f"reader must be one of {READERS}, got {self.reader!r}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ValueError(f"timeout (data.decode_timeout) must be > 0 seconds or None, got {self.timeout}")
+        if int(self.cache_bytes) < 0:
+            raise ValueError(f"cache_bytes must be >= 0, got {self.cache_bytes}")
+        check_frame_template(self.frame_template)
+
+
 class VideoDataset(Dataset):
     """Map-style video dataset returning ``(clip, target)``.
 
-    ``clip``: float32 ``(3, T, H, W)`` normalised with ``input_config``, or ``(V, 3, T, H, W)``
+    ``clip``: float32 ``(3, T, H, W)`` normalised with ``clip.input_config``, or ``(V, 3, T, H, W)``
     when the sampler gives several clips or the transform several crops (views ordered crop
     first, then clip, as the authors' loader); with ``return_uint8=True`` the same shapes in
     uint8, not normalised (normalise on the GPU with :func:`~tcpnet.data.transforms.normalize`).
     ``target``: the int label, or a float32 multi-hot vector of ``num_classes`` when
     ``multi_label`` (Charades).
 
-    ``transform`` maps a uint8 ``(T', H, W, 3)`` clip (``T' = num_clips * T``) to uint8
+    ``clip.transform`` maps a uint8 ``(T', H, W, 3)`` clip (``T' = num_clips * T``) to uint8
     ``(T', h, w, 3)`` or ``(C, T', h, w, 3)``; a transform that returns float is taken to have
-    done the conversion itself and its output is returned as is.
-
-    ``decode_threads``: FFmpeg threads per video, passed to :func:`~tcpnet.data.load_clip`
-    (``None``: its default, 1 inside DataLoader workers, FFmpeg's choice in the main process).
-    ``reader``: the video decoder, "pyav" (default) or "torchcodec" (optional; exact mode).
-    ``decoded_cache_bytes``: keep whole decoded videos in this process's memory, up to this many
-    bytes, and read later clips of them from there (0: off; see :mod:`tcpnet.data.cache`).
-    ``decode_timeout``: seconds one video may take to read (``None``: no limit); past it the read
-    stops with :class:`~tcpnet.data.DecodeTimeout`, a bad video like a corrupt one.
+    done the conversion itself and its output is returned as is. ``decode`` says how files are
+    read (:class:`DecodeSpec`). :meth:`from_config` builds the published pipelines.
     """
 
     def __init__(
         self,
         records: Sequence[VideoRecord],
         root: Union[str, os.PathLike] = "",
-        sampler: Optional[Callable] = None,
-        transform: Optional[Callable] = None,
-        input_config: Optional[InputConfig] = None,
+        clip: Optional[ClipSpec] = None,
+        *,
+        decode: DecodeSpec = DecodeSpec(),
         num_classes: Optional[int] = None,
         multi_label: bool = False,
-        frame_template: str = DEFAULT_FRAME_TEMPLATE,
         seed: Optional[int] = None,
         on_error: str = "replace",
         max_consecutive_failures: int = 10,
         return_uint8: bool = False,
-        decode_threads: Optional[int] = None,
-        reader: str = "pyav",
-        decoded_cache_bytes: int = 0,
-        decode_timeout: Optional[float] = None,
     ) -> None:
-        if sampler is None:
-            raise TypeError("VideoDataset: a sampler is required (e.g. tcpnet.data.TSNTrainSampler(8))")
+        if clip is None:
+            raise TypeError("VideoDataset: a ClipSpec is required (e.g. ClipSpec(TSNTrainSampler(8)))")
         if on_error not in ("replace", "raise"):
             raise ValueError(f"on_error: expected 'replace' or 'raise', got {on_error!r}")
         if multi_label and not num_classes:
@@ -113,12 +140,8 @@ class VideoDataset(Dataset):
             raise ValueError(f"seed must be a non-negative int, got {seed}")
         if len(records) == 0:
             raise ValueError(f"{getattr(records, 'source', None) or 'VideoDataset'}: no records")
-        if reader not in READERS:
-            raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
-        if decode_timeout is not None and not decode_timeout > 0:
-            raise ValueError(f"decode_timeout must be > 0 seconds or None, got {decode_timeout}")
-        if reader == "torchcodec":  # fail here, not in every worker
-            from tcpnet.data.torchcodec_reader import unavailable_reason
+        if decode.reader == "torchcodec":  # fail here, not in every worker
+            from tcpnet.data.readers.torchcodec import unavailable_reason
 
             why = unavailable_reason()
             if why is not None:
@@ -126,27 +149,33 @@ class VideoDataset(Dataset):
         self.records = list(records)
         self.class_names: Optional[List[str]] = getattr(records, "class_names", None)
         self.root = os.fspath(root)
-        self.sampler = sampler
-        self.transform = transform
-        self.input_config = input_config if input_config is not None else InputConfig()
+        self.clip, self.decode = clip, decode
         self.num_classes = num_classes
         self.multi_label = bool(multi_label)
-        self.frame_template = frame_template
         self.seed = None if seed is None else int(seed)
         self.on_error = on_error
         self.max_consecutive_failures = int(max_consecutive_failures)
         self.return_uint8 = bool(return_uint8)
-        self.decode_threads = decode_threads
-        self.reader = reader
-        self.decoded_cache_bytes = int(decoded_cache_bytes)
-        self.decode_timeout = decode_timeout
-        self.num_clips = int(getattr(sampler, "num_clips", 1))
+        self.num_clips = int(getattr(clip.sampler, "num_clips", 1))
         # Shared between the main process and DataLoader workers (see the module docstring).
         n = len(self.records)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._bad_epoch = torch.full((n,), -1, dtype=torch.int64).share_memory_()
         self._bad_failures = torch.zeros(n, dtype=torch.int64).share_memory_()
+        self._warned_one_frame = torch.zeros(n, dtype=torch.bool).share_memory_()
         self._num_frames_cache: Dict[int, int] = {}
+
+    @property
+    def sampler(self) -> Callable:
+        return self.clip.sampler
+
+    @property
+    def transform(self) -> Optional[Callable]:
+        return self.clip.transform
+
+    @property
+    def input_config(self) -> InputConfig:
+        return self.clip.input_config
 
     # ------------------------------------------------------------------ construction recipes
 
@@ -159,15 +188,14 @@ class VideoDataset(Dataset):
         mode: str = "train",
         views: Union[str, Tuple[int, int]] = "1x1",
         *,
-        num_segments: Optional[int] = None,
         flip: bool = True,
         dense: bool = False,
         full_res: Optional[bool] = None,
         min_frames: int = 3,
-        on_error: Optional[str] = None,
         **kwargs: Any,
     ) -> "VideoDataset":
-        """The published pipeline for ``mode`` ("train" | "val" | "test") and a model's input config.
+        """The published pipeline for ``mode`` ("train" | "val" | "test") and a model's input config,
+        whose ``num_segments`` is the clip's T.
 
         train: TSN random sampling, multi-scale crop, random flip (``flip=False`` for
         Something-Something); val: segment centres, resize + centre crop; test: ``views``
@@ -178,29 +206,15 @@ class VideoDataset(Dataset):
         "raise" for test. Other keyword arguments go to :class:`VideoDataset`.
         """
         cfg = input_config if input_config is not None else InputConfig()
-        T = int(num_segments if num_segments is not None else cfg.num_segments)
         crops, clips = parse_views(views)
         if mode in ("train", "val") and (crops, clips) != (1, 1):
             raise ValueError(f"views={views!r}: only test mode has several views, {mode!r} has '1x1'")
         if dense and mode == "test" and clips == 1:
             clips = 10  # the authors' dense test always takes 10 starts
-        sampler = build_sampler(mode, T, num_clips=clips, dense=dense)
-        transform = build_transform(mode, cfg, num_crops=crops, flip=flip, full_res=full_res)
-        kept = [r for r in records if r.num_frames is None or r.num_frames >= min_frames]
-        if len(kept) < len(records):
-            logger.info("dropped %d of %d records with fewer than %d frames",
-                        len(records) - len(kept), len(records), min_frames)
-        source = getattr(records, "source", None)
-        if records and not kept:
-            raise ValueError(f"{source or 'VideoDataset'}: all {len(records)} videos have fewer than "
-                             f"{min_frames} frames; none left to {mode}")
-        if hasattr(records, "class_names"):
-            kept = type(records)(kept, class_names=records.class_names)
-            kept.source = source
-        if on_error is None:
-            on_error = "raise" if mode == "test" else "replace"
-        return cls(kept, root=root, sampler=sampler, transform=transform, input_config=cfg,
-                   on_error=on_error, **kwargs)
+        spec = ClipSpec(build_sampler(mode, int(cfg.num_segments), num_clips=clips, dense=dense),
+                        build_transform(mode, cfg, num_crops=crops, flip=flip, full_res=full_res), cfg)
+        kwargs.setdefault("on_error", "raise" if mode == "test" else "replace")
+        return cls(_keep_long_enough(records, min_frames, mode), root, spec, **kwargs)
 
     # ------------------------------------------------------------------ epochs and bad items
 
@@ -249,19 +263,21 @@ class VideoDataset(Dataset):
         e = self.epoch if epoch is None else int(epoch)
         return np.random.default_rng([self.seed, e, int(index)])
 
-    def num_frames(self, index: int) -> int:
-        """Frame count of record ``index``: from the record, else probed (cached per process)."""
+    def num_frames(self, index: int, timeout: Timeout = None) -> int:
+        """Frame count of record ``index``: from the record, else probed within ``timeout`` (seconds or
+        a running Deadline) and cached per process. A 1-frame video is warned about once."""
         record = self.records[index]
-        if record.num_frames is not None:
-            n = int(record.num_frames)
-        else:
-            n = self._num_frames_cache.get(index)
-            if n is None:
-                n = probe(self._full_path(record), frame_template=self.frame_template).num_frames
-                self._num_frames_cache[index] = n
+        n = record.num_frames if record.num_frames is not None else self._num_frames_cache.get(index)
+        if n is None:
+            n = probe(self._full_path(record), frame_template=self.decode.frame_template, timeout=timeout).num_frames
+            self._num_frames_cache[index] = n
         if n < 1:
             raise DecodeError(self._full_path(record), f"has {n} frames")
-        return n
+        if n == 1 and not self._warned_one_frame[index]:
+            self._warned_one_frame[index] = True
+            logger.warning("%s: has 1 frame (a still image?); its clip repeats that frame %d times, so the "
+                           "prediction sees no motion", self._full_path(record), int(self.input_config.num_segments))
+        return int(n)
 
     def target(self, index: int) -> Union[int, torch.Tensor]:
         label = self.records[index].label
@@ -273,16 +289,18 @@ class VideoDataset(Dataset):
         return int(label)
 
     def load(self, index: int, rng: np.random.Generator) -> torch.Tensor:
-        """Sample, decode and transform record ``index``: the clip as ``__getitem__`` returns it."""
-        indices = self.sampler(self.num_frames(index), rng)
+        """Sample, decode and transform record ``index``: the clip as ``__getitem__`` returns it.
+        ``decode.timeout`` bounds the frame-count probe and the decoding together."""
+        decode = self.decode
+        deadline = Deadline(decode.timeout)
+        indices = self.sampler(self.num_frames(index, deadline), rng)
         path = self._full_path(self.records[index])
-        if self.decoded_cache_bytes:
-            clip = load_clip_cached(path, indices, max_bytes=self.decoded_cache_bytes,
-                                    frame_template=self.frame_template, threads=self.decode_threads,
-                                    reader=self.reader, timeout=self.decode_timeout)
+        if decode.cache_bytes:
+            clip = load_clip_cached(path, indices, max_bytes=decode.cache_bytes, frame_template=decode.frame_template,
+                                    threads=decode.threads, reader=decode.reader, timeout=deadline)
         else:
-            clip = load_clip(path, indices, frame_template=self.frame_template, threads=self.decode_threads,
-                             reader=self.reader, timeout=self.decode_timeout)
+            clip = load_clip(path, indices, frame_template=decode.frame_template, threads=decode.threads,
+                             reader=decode.reader, timeout=deadline)
         if self.transform is not None:
             clip = self.transform(clip, rng) if isinstance(self.transform, ClipTransform) else self.transform(clip)
         if clip.dtype != torch.uint8:
@@ -319,3 +337,20 @@ class VideoDataset(Dataset):
     def __repr__(self) -> str:
         return (f"VideoDataset({len(self)} videos, root={self.root!r}, sampler={self.sampler!r}, "
                 f"on_error={self.on_error!r}, seed={self.seed})")
+
+
+def _keep_long_enough(records: Sequence[VideoRecord], min_frames: int, mode: str) -> Sequence[VideoRecord]:
+    """The records without those whose known frame count is below ``min_frames`` (the published
+    reader drops videos of fewer than 3 frames); class names and source kept; none left is an error."""
+    kept = [r for r in records if r.num_frames is None or r.num_frames >= min_frames]
+    if len(kept) < len(records):
+        logger.info("dropped %d of %d records with fewer than %d frames",
+                    len(records) - len(kept), len(records), min_frames)
+    source = getattr(records, "source", None)
+    if records and not kept:
+        raise ValueError(f"{source or 'VideoDataset'}: all {len(records)} videos have fewer than "
+                         f"{min_frames} frames; none left to {mode}")
+    if hasattr(records, "class_names"):
+        kept = type(records)(kept, class_names=records.class_names, source=source)
+        kept.frame_template = getattr(records, "frame_template", None)
+    return kept

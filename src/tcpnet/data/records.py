@@ -1,7 +1,7 @@
 """Record types shared by the readers, list formats and datasets.
 
 They live apart from the modules that produce or consume them so that no data module has to
-import another one just for a type (the readers, ``clip``, ``lists`` and ``dataset`` all use them).
+import another one just for a type (the readers, ``clip``, ``list_parsers`` and ``dataset`` all use them).
 """
 from __future__ import annotations
 
@@ -28,15 +28,17 @@ class VideoRecord:
 
 
 class RecordList(list):
-    """A ``list[VideoRecord]`` that also carries ``class_names`` (index -> name) when known and
+    """A ``list[VideoRecord]`` that also carries ``class_names`` (index -> name) when known,
     ``source`` (the list file and config key it was read from, e.g. ``"val.txt (data.val_list)"``)
-    so that later errors can name it."""
+    so that later errors can name it, and ``frame_template`` (how its frame folders name their
+    images, from the list format or ``data.frame_template``; ``None``: not known)."""
 
     def __init__(self, records: Iterable[VideoRecord] = (), class_names: Optional[Sequence[str]] = None,
                  source: Optional[str] = None):
         super().__init__(records)
         self.class_names: Optional[List[str]] = list(class_names) if class_names is not None else None
         self.source: Optional[str] = source
+        self.frame_template: Optional[str] = None
 
 
 @dataclass(frozen=True)

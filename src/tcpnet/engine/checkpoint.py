@@ -7,6 +7,7 @@ A training checkpoint is also a valid model file, so
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -19,7 +20,8 @@ import numpy as np
 import torch
 
 from tcpnet.checkpoints.io import CheckpointError, atomic_torch_save, model_file_fields, read_file
-from tcpnet.config import Config, ConfigError, config_to_dict
+from tcpnet.config import Config, ConfigError, DataConfig, config_to_dict
+from tcpnet.data.formats import frame_template_for
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +96,18 @@ def _same_path(a: Any, b: Any) -> bool:
         os.path.normpath(os.path.abspath(os.path.expanduser(b)))
 
 
+def _frame_template(cfg: Dict[str, Any]) -> Any:
+    """The frame template a config's data section resolves to (a checkpoint written when the config
+    spelled out the default, ``img_{:05d}.jpg``, means what ``null`` means now for a TSN list)."""
+    data = dict(cfg.get("data") or {})
+    try:
+        known = {f.name for f in dataclasses.fields(DataConfig)}
+        return frame_template_for(DataConfig(**{k: v for k, v in data.items() if k in known}),
+                                  data.get("train_list"))
+    except Exception:  # noqa: BLE001 - an unreadable list or format: compare as written
+        return data.get("frame_template")
+
+
 def config_differences(saved: Dict[str, Any], current: Dict[str, Any],
                        allowed: Iterable[str] = RESUMABLE_KEYS) -> List[str]:
     """``key: checkpoint X, config Y`` for every setting that differs, except ``allowed`` ones.
@@ -101,6 +115,7 @@ def config_differences(saved: Dict[str, Any], current: Dict[str, Any],
     path counts as the same when both spellings name the same file."""
     a = {**_flatten(config_to_dict(Config())), **_flatten(saved)}
     b = _flatten(current)
+    a["data.frame_template"], b["data.frame_template"] = (_frame_template(saved), _frame_template(current))
     skip = set(allowed)
     out = []
     for k in sorted(set(a) | set(b)):

@@ -218,7 +218,7 @@ def _resolve_config(run: Run, model: nn.Module) -> None:
 def _build_data(run: Run, records: Dict[str, Any], model: nn.Module) -> DataPosition:
     cfg, info = run.cfg, run.dist
     run.datasets = build_datasets(cfg.data, {k: v for k, v in records.items() if k != "test"}, model.input_config,
-                                  num_segments=model.num_segments, num_classes=run.num_classes, seed=cfg.seed,
+                                  num_classes=run.num_classes, seed=cfg.seed,
                                   max_consecutive_failures=cfg.train.max_consecutive_failures)
     train_set = run.datasets["train"]
     run.train_sampler = ResumableSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,

@@ -7,6 +7,7 @@ from typing import Any
 _LAZY = {
     "make_synthetic_dataset": "tcpnet.tools.synthetic",
     "SyntheticDataset": "tcpnet.tools.synthetic",
+    "SyntheticSpec": "tcpnet.tools.synthetic",
     "extract_frames": "tcpnet.tools.prepare",
     "reencode_videos": "tcpnet.tools.prepare",
     "build_list": "tcpnet.tools.prepare",

@@ -29,8 +29,10 @@ import av
 import numpy as np
 from tqdm import tqdm
 
-from tcpnet.data.clip import DEFAULT_FRAME_TEMPLATE
-from tcpnet.data.lists import VIDEO_EXTENSIONS, open_list_file
+from tcpnet.data.errors import DecodeError, video_file_stat
+from tcpnet.data.frame_template import (DEFAULT_FRAME_TEMPLATE, bind_frame_template, check_frame_template,
+                                        frame_file_name)
+from tcpnet.data.list_parsers import VIDEO_EXTENSIONS, open_list_file
 from tcpnet.data.records import PathLike
 from tcpnet.data.writer import H264Writer, part_path
 
@@ -58,14 +60,45 @@ class PrepareSummary:
 
 
 # ------------------------------------------------------------------------------------ helpers
-def find_videos(root: PathLike, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[Path]:
-    """Video files anywhere under ``root`` (sorted, relative order stable), skipping our ``.part`` files."""
+def find_video_paths(root: PathLike, extensions: Sequence[str] = VIDEO_EXTENSIONS
+                     ) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Everything under ``root`` named like a video (our ``.part`` files aside): the video files
+    (sorted), and ``(path, problem)`` for the rest, so no tool passes one over without a word: a
+    directory, a FIFO, a socket or device, a dangling symbolic link or a link loop, an empty file,
+    a folder that cannot be listed. Symbolic links to directories are not followed."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: video root is not a directory")
     exts = tuple(e.lower() for e in extensions)
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts
-                  and not p.stem.endswith(".part"))
+    files: list[Path] = []
+    problems: list[tuple[str, str]] = []
+
+    def unlistable(err: OSError) -> None:
+        problems.append((str(err.filename), f"cannot list the folder ({err.strerror})"))
+
+    for folder, dirnames, filenames in os.walk(root, onerror=unlistable):
+        for name in dirnames + filenames:
+            path = Path(folder) / name
+            if not name.lower().endswith(exts) or path.stem.endswith(".part"):
+                continue
+            try:
+                video_file_stat(path)
+                files.append(path)
+            except DecodeError as err:
+                problems.append((str(path), _problem(err)))
+    return sorted(files), sorted(problems)
+
+
+def find_videos(root: PathLike, extensions: Sequence[str] = VIDEO_EXTENSIONS,
+                summary: Optional[PrepareSummary] = None) -> list[Path]:
+    """The video files under ``root`` (see :func:`find_video_paths`); each other path named like a
+    video is logged with what it is, and counted as a failure of ``summary`` when given."""
+    files, problems = find_video_paths(root, extensions)
+    for path, problem in problems:
+        logger.warning("%s: %s: %s", summary.tool if summary else "find_videos", path, problem)
+    if summary is not None:
+        summary.failed_paths.extend(problems)
+    return files
 
 
 def _scaled_size(width: int, height: int, short_side: Optional[int], even: bool) -> tuple[int, int]:
@@ -184,7 +217,7 @@ def _extract_one(job: tuple[str, str, Optional[int], str, int]) -> tuple[str, st
                 w, h = _scaled_size(frame.width, frame.height, short_side, even=False)
                 rgb = frame.reformat(width=w, height=h, format="rgb24", interpolation="BICUBIC").to_ndarray()
                 n += 1
-                Image.fromarray(rgb).save(tmp / template.format(n), quality=quality)
+                Image.fromarray(rgb).save(tmp / frame_file_name(template, n, dst_dir), quality=quality)
         if n == 0:
             raise ValueError("no frames decoded")
         os.replace(tmp, dst_dir)
@@ -208,18 +241,17 @@ def extract_frames(
     progress: bool = True,
 ) -> PrepareSummary:
     """Decode every video of a class-per-folder tree to the TCPNet frame layout:
-    ``<frame_root>/<class>/<video stem>/img_00001.jpg ...`` (1-based), shorter side ``short_side``
-    (up- or down-scaled, bicubic; None keeps the size), JPEG ``quality``.  A folder that already
-    exists counts as done and is skipped; corrupt videos are reported in the summary.
-    ``replace_spaces`` turns spaces in class/video names into '_' (list files cannot hold spaces)."""
-    try:
-        template.format(1)
-    except (IndexError, KeyError, ValueError) as err:
-        raise ValueError(f"template {template!r} must format one integer, e.g. 'img_{{:05d}}.jpg'") from err
+    ``<frame_root>/<class>/<video stem>/img_00001.jpg ...`` (1-based; ``template`` as
+    ``data.frame_template``, ``{id}`` is the video stem), shorter side ``short_side`` (up- or
+    down-scaled, bicubic; None keeps the size), JPEG ``quality``.  A folder that already exists
+    counts as done and is skipped; corrupt videos, and paths named like videos that are not video
+    files, are reported in the summary. ``replace_spaces`` turns spaces in class/video names into
+    '_' (list files cannot hold spaces)."""
+    check_frame_template(template)
     video_root, frame_root = Path(video_root), Path(frame_root)
     summary = PrepareSummary("extract_frames")
     jobs = []
-    for src in find_videos(video_root, extensions):
+    for src in find_videos(video_root, extensions, summary):
         dst = frame_root / _sanitize(src.relative_to(video_root).with_suffix(""), replace_spaces)
         if dst.is_dir() and any(dst.iterdir()):
             summary.skipped += 1
@@ -286,7 +318,7 @@ def reencode_videos(
     src_root, dst_root = Path(src_root), Path(dst_root)
     summary = PrepareSummary("reencode_videos")
     jobs = []
-    for src in find_videos(src_root, extensions):
+    for src in find_videos(src_root, extensions, summary):
         dst = dst_root / _sanitize(src.relative_to(src_root).with_suffix(".mp4"), replace_spaces)
         if dst.exists():
             summary.skipped += 1
@@ -324,14 +356,15 @@ def _count_one(job: tuple[str, str, str]) -> tuple[str, str, Any]:
     path, kind, template = job
     try:
         if kind == "frames":
-            from tcpnet.data.frames import count_frames
+            from tcpnet.data.readers.frames import count_frames
 
             n = count_frames(path, template)
-            pattern = re.compile(re.sub(r"\\\{[^}]*\\\}", r"\\d+", re.escape(template)) + "$")
+            bound = bind_frame_template(template, path)
+            pattern = re.compile(re.sub(r"\\\{[^}]*\\\}", r"\\d+", re.escape(bound)) + "$")
             total = sum(1 for name in os.listdir(path) if pattern.match(name))
             if n != total:
-                return ("failed", path, f"{total} frame files but only {template.format(1)}.."
-                                        f"{template.format(n)} are consecutive")
+                return ("failed", path, f"{total} frame files but only {bound.format(1)}.."
+                                        f"{bound.format(n)} are consecutive")
         else:
             from tcpnet.data.clip import probe
 
@@ -390,9 +423,7 @@ def build_list(
     items = []  # (absolute path, label)
     for d in class_dirs:
         if kind == "video":
-            exts = tuple(e.lower() for e in (extensions or VIDEO_EXTENSIONS))
-            entries = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in exts
-                             and not p.stem.endswith(".part"))
+            entries = find_videos(d, extensions or VIDEO_EXTENSIONS, summary)
         else:
             entries = sorted(p for p in d.iterdir() if p.is_dir() and not p.name.endswith(".part"))
         items += [(p, labels[d.name]) for p in entries]
@@ -524,8 +555,6 @@ _SCAN_CHUNK_BYTES = 64 << 20
 
 def _problem(err: BaseException) -> str:
     """What is wrong with a file, without repeating its path (the scan reports it beside)."""
-    from tcpnet.data.errors import DecodeError
-
     cause = getattr(err, "cause", None)
     if isinstance(err, DecodeError) and cause is not None:
         return f"{type(err).__name__}: {cause}"
@@ -579,13 +608,15 @@ def scan_videos(
     workers: Optional[int] = 1,
     progress: bool = True,
 ) -> list[tuple[str, str]]:
-    """Find unreadable videos under ``root``: ``[(path, problem)]``.  By default a file passes if
+    """Find unreadable videos under ``root``: ``[(path, problem)]``, sorted by path, paths named like
+    videos that are none included (a FIFO, a directory, a dangling link or a link loop: never
+    opened, so a FIFO cannot block the scan).  By default a file passes if
     the reader can build its packet index (``tcpnet.data.clip.probe``: no video stream, corrupt
     or truncated packets fail); ``full_decode`` also reads every frame through
     ``tcpnet.data.load_clip``, as training does, and decodes the file from start to end to
     compare the frame count with the index, so it is at least as strict as the reader (and
     decodes every file about twice)."""
-    jobs = [(str(p), full_decode) for p in find_videos(root, extensions)]
     summary = PrepareSummary("scan_videos")
+    jobs = [(str(p), full_decode) for p in find_videos(root, extensions, summary)]
     _collect(summary, _run(_scan_one, jobs, _default_workers(workers), "scan videos", progress))
-    return summary.failed_paths
+    return sorted(summary.failed_paths)

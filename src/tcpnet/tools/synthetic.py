@@ -42,14 +42,19 @@ On disk (``make_synthetic_dataset``)::
                                                        "videos/train/grow/00003.mp4 32 2"
                                                        = <path relative to out_dir> <num_frames> <label>
                                                        (three space-separated fields, the TSN list
-                                                       format: ``tcpnet.data.lists.read_frame_list`` reads
+                                                       format: ``tcpnet.data.list_parsers.read_frame_list`` reads
                                                        it; ``load_clip`` takes the .mp4 path)
     out_dir/classes.txt                                one class name per line; line i = label i
     out_dir/params.jsonl                               one JSON object per video: "path", "split",
                                                        "label", "class_name" and "params" (the
                                                        ``SyntheticParams.to_dict()`` it was rendered from)
-    out_dir/manifest.json                              seed and settings; a matching, complete
-                                                       manifest means "already generated: reuse"
+    out_dir/manifest.json                              seed and settings, and the files written;
+                                                       a matching, complete manifest means
+                                                       "already generated: reuse"
+
+The generator writes only into an empty folder or one whose manifest is its own, and it removes
+only the files such a manifest lists (``--overwrite``, a new generator version): files anyone else
+put in the folder, ``videos/`` included, are never touched.
 
 Generation is deterministic: each video's parameters come from
 ``numpy.random.default_rng([seed, split, label, index])``, independent of worker count and
@@ -78,7 +83,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -407,6 +411,10 @@ class SyntheticDataset:
     seconds: float
 
 
+class OtherSettingsError(FileExistsError):
+    """The folder holds a synthetic dataset this generator wrote, with other settings."""
+
+
 def _check_num_classes(num_classes: int) -> None:
     if num_classes < 2 or num_classes % 2 or num_classes > MAX_CLASSES:
         raise ValueError(
@@ -428,6 +436,51 @@ def _check_class_names(names: Sequence[str], num_classes: int) -> list[str]:
     return names
 
 
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """What :func:`make_synthetic_dataset` generates: ``seed``, the classes (``num_classes`` default
+    names, or ``classes``), videos per class and split, frames, frame side (even, >= 16), fps,
+    pixel noise and the H.264 quantiser and preset. Checked when made."""
+
+    seed: int = 0
+    num_classes: int = 8
+    train_per_class: int = 60
+    val_per_class: int = 20
+    num_frames: int = 32
+    size: int = 112
+    fps: int = 16
+    classes: Optional[Sequence[str]] = None
+    noise_std: float = 6.0
+    qp: int = QP
+    preset: str = PRESET
+
+    def __post_init__(self) -> None:
+        _check_num_classes(self.num_classes)
+        names = default_class_names(self.num_classes) if self.classes is None else self.classes
+        object.__setattr__(self, "classes", tuple(_check_class_names(names, self.num_classes)))
+        if self.size < 16 or self.size % 2:
+            raise ValueError(f"size must be even and >= 16 (yuv420p), got {self.size}")
+        if self.num_frames < 2:
+            raise ValueError(f"num_frames must be >= 2, got {self.num_frames}")
+        if self.train_per_class < 0 or self.val_per_class < 0:
+            raise ValueError("train_per_class and val_per_class must be >= 0")
+
+    def settings(self) -> dict[str, Any]:
+        """The manifest's record of the request: a folder with the same settings is reused."""
+        return {
+            "format": "tcpnet-synthetic", "generator_version": GENERATOR_VERSION, "seed": int(self.seed),
+            "num_classes": self.num_classes, "classes": list(self.classes),
+            "train_per_class": int(self.train_per_class), "val_per_class": int(self.val_per_class),
+            "num_frames": int(self.num_frames), "size": int(self.size), "fps": int(self.fps),
+            "noise_std": float(self.noise_std), "codec": "libx264", "pix_fmt": "yuv420p", "coding": "intra-only",
+            "gop": 1, "qp": int(self.qp), "preset": self.preset,
+            "list_format": "<path relative to root> <num_frames> <label>",
+        }
+
+    def counts(self) -> dict[str, int]:
+        return {"train": self.train_per_class * self.num_classes, "val": self.val_per_class * self.num_classes}
+
+
 def write_clip(path: Union[str, os.PathLike], frames: np.ndarray, *, fps: int = 16, qp: int = QP,
                preset: str = PRESET) -> Path:
     """Encode a synthetic clip as the dataset does: H.264 with every frame intra-coded at the
@@ -443,6 +496,8 @@ def _render_and_write(job: tuple[dict[str, Any], str, int, int, str]) -> str:
 
 
 _CODEC_KEYS = ("generator_version", "codec", "pix_fmt", "coding", "crf", "gop", "qp", "preset")
+_LIST_FILES = ("train.txt", "val.txt", "classes.txt", "params.jsonl", "manifest.json")
+_NOT_SETTINGS = ("complete", "seconds", "files")  # manifest keys that record the run, not the request
 
 
 def _drop_codec(settings: dict[str, Any]) -> dict[str, Any]:
@@ -450,129 +505,175 @@ def _drop_codec(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k not in _CODEC_KEYS}
 
 
-def make_synthetic_dataset(
-    out_dir: Union[str, os.PathLike],
-    seed: int = 0,
-    num_classes: int = 8,
-    train_per_class: int = 60,
-    val_per_class: int = 20,
-    num_frames: int = 32,
-    size: int = 112,
-    fps: int = 16,
-    classes: Optional[Sequence[str]] = None,
-    overwrite: bool = False,
-    *,
-    noise_std: float = 6.0,
-    qp: int = QP,
-    preset: str = PRESET,
-    workers: Optional[int] = None,
-    progress: bool = True,
-) -> SyntheticDataset:
-    """Generate the synthetic order-dependent dataset in ``out_dir`` (or reuse it if a complete one
-    with the same settings is there); see the module docstring for the layout and classes.
-    Videos are intra-only H.264 at constant quantiser ``qp`` (see ``write_clip``). A folder that
-    holds a dataset of other settings, or an unreadable manifest, is a ``FileExistsError`` unless
-    ``overwrite``."""
-    t0 = time.perf_counter()
-    _check_num_classes(num_classes)
-    names = _check_class_names(classes if classes is not None else default_class_names(num_classes),
-                               num_classes)
-    if size < 16 or size % 2:
-        raise ValueError(f"size must be even and >= 16 (yuv420p), got {size}")
-    if num_frames < 2:
-        raise ValueError(f"num_frames must be >= 2, got {num_frames}")
-    if train_per_class < 0 or val_per_class < 0:
-        raise ValueError("train_per_class and val_per_class must be >= 0")
-    root = Path(out_dir)
-    settings = {
-        "format": "tcpnet-synthetic", "generator_version": GENERATOR_VERSION, "seed": int(seed),
-        "num_classes": num_classes, "classes": names, "train_per_class": int(train_per_class),
-        "val_per_class": int(val_per_class), "num_frames": int(num_frames), "size": int(size),
-        "fps": int(fps), "noise_std": float(noise_std), "codec": "libx264", "pix_fmt": "yuv420p",
-        "coding": "intra-only", "gop": 1, "qp": int(qp), "preset": preset,
-        "list_format": "<path relative to root> <num_frames> <label>",
-    }
+def _video_path(split: str, name: str, index: int) -> str:
+    return f"videos/{split}/{name}/{index:05d}.mp4"
+
+
+def _files_written(manifest: dict[str, Any]) -> Optional[list[str]]:
+    """The paths (relative to the folder) a manifest of ours says we wrote: its ``files``, or for a
+    manifest that predates that list, the layout its settings imply; None when it says neither."""
+    if isinstance(manifest.get("files"), list):
+        return [str(f) for f in manifest["files"]]
+    try:
+        per_split = {"train": int(manifest["train_per_class"]), "val": int(manifest["val_per_class"])}
+        videos = [_video_path(split, str(name), i) for split in SPLITS for name in manifest["classes"]
+                  for i in range(per_split[split])]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return videos + list(_LIST_FILES)
+
+
+def _remove_ours(root: Path, written: Sequence[str]) -> None:
+    """Delete the files a manifest says we wrote, then the folders that leaves empty; a file or
+    folder we did not write is never touched (a folder still holding one stays, logged)."""
+    folders = set()
+    for rel in written:
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            logger.warning("%s: manifest lists %s, outside the folder: not removed", root, rel)
+            continue
+        path = root / rel
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+        folders.update(p for p in path.parents if root in p.parents)
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        elif folder.is_dir():
+            logger.info("%s: kept, it holds files the synthetic generator did not write", folder)
+
+
+def _read_manifest(root: Path) -> Optional[dict[str, Any]]:
+    """Our manifest in ``root``; None when the folder is absent or empty; FileExistsError for a folder
+    that holds anything else (no manifest, an unreadable one, another tool's)."""
     manifest_file = root / "manifest.json"
-    files = dict(train_list=root / "train.txt", val_list=root / "val.txt",
-                 classes_file=root / "classes.txt", params_file=root / "params.jsonl",
-                 manifest_file=manifest_file)
-    counts = {"train": train_per_class * num_classes, "val": val_per_class * num_classes}
+    if not manifest_file.exists():
+        if root.is_dir() and any(root.iterdir()):
+            held = ", ".join(sorted(p.name for p in root.iterdir())[:5])
+            raise FileExistsError(f"{root}: not empty ({held}) and not a synthetic dataset (no manifest.json); "
+                                  f"the generator writes only into an empty folder or one it wrote: use another "
+                                  f"out_dir")
+        return None
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FileExistsError(f"{manifest_file}: not valid JSON ({e}); not a folder the synthetic generator "
+                              f"wrote, so nothing in it is replaced: use another out_dir") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != "tcpnet-synthetic" or _files_written(manifest) is None:
+        raise FileExistsError(f"{manifest_file}: not a tcpnet synthetic dataset manifest; nothing in {root} is "
+                              f"replaced: use another out_dir")
+    return manifest
 
-    resume = False
-    if manifest_file.exists() and not overwrite:
-        try:
-            old = json.loads(manifest_file.read_text())
-        except json.JSONDecodeError as e:  # FileExistsError: a folder that holds something else
-            raise FileExistsError(f"{manifest_file}: not valid JSON ({e}); pass overwrite=True "
-                                  f"(tcpnet synth --overwrite) to regenerate") from e
-        old_settings = {k: v for k, v in old.items() if k not in ("complete", "seconds")}
-        stale = old.get("format") == settings["format"] and old.get("generator_version") != GENERATOR_VERSION
-        if stale and _drop_codec(old_settings) == _drop_codec(settings):
-            # Same dataset request, written by another generator version (e.g. 1: P/B-frame coding
-            # that leaked the order): our own cache, outdated -> regenerate it.
-            logger.warning("%s: synthetic dataset of generator version %s; regenerating with version %d",
-                           root, old.get("generator_version"), GENERATOR_VERSION)
-            overwrite = True
-        elif old_settings != settings:
-            diff = sorted(k for k in set(old_settings) | set(settings) if old_settings.get(k) != settings.get(k))
-            raise FileExistsError(f"{root}: holds a synthetic dataset with different settings "
-                                  f"(differs in {diff}); pass overwrite=True (tcpnet synth --overwrite) "
-                                  f"or use another out_dir")
-        elif old.get("complete") and all(p.exists() for p in files.values()):
-            logger.info("synthetic dataset at %s already exists with the same settings: reusing it", root)
-            return SyntheticDataset(root=root, **files, class_names=names, num_videos=counts, reused=True,
-                                    seconds=time.perf_counter() - t0)
-        else:
-            resume = True  # same settings, interrupted: keep the videos already written
-    if overwrite:
-        for p in files.values():
-            p.unlink(missing_ok=True)
-        if (root / "videos").exists():
-            shutil.rmtree(root / "videos")
-    root.mkdir(parents=True, exist_ok=True)
-    manifest_file.write_text(json.dumps({**settings, "complete": False}, indent=1) + "\n")
 
-    # Parameters of every video, in list order.
+def _claim_folder(root: Path, spec: SyntheticSpec, overwrite: bool) -> str:
+    """What to do in ``root``: "reuse" (complete, same settings), "resume" (interrupted, same
+    settings) or "write" (empty, or our files removed: ``overwrite``, or only the generator version
+    changed). Files we did not write are never removed."""
+    manifest = _read_manifest(root)
+    if manifest is None:
+        return "write"
+    old = {k: v for k, v in manifest.items() if k not in _NOT_SETTINGS}
+    settings = spec.settings()
+    if old == settings and not overwrite:
+        complete = manifest.get("complete") and all((root / f).exists() for f in _LIST_FILES)
+        return "reuse" if complete else "resume"  # resume: interrupted, keep the videos already written
+    stale = old.get("generator_version") != GENERATOR_VERSION and _drop_codec(old) == _drop_codec(settings)
+    if old != settings and not (overwrite or stale):
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        raise OtherSettingsError(f"{root}: holds a synthetic dataset with different settings (differs in "
+                                 f"{diff}); pass overwrite=True (tcpnet synth --overwrite) to replace it, or use "
+                                 f"another out_dir")
+    if stale and not overwrite:  # our own cache, by another generator version (1: P/B frames leaked the order)
+        logger.warning("%s: synthetic dataset of generator version %s; regenerating with version %d",
+                       root, old.get("generator_version"), GENERATOR_VERSION)
+    _remove_ours(root, _files_written(manifest))
+    return "write"
+
+
+def _plan_videos(root: Path, spec: SyntheticSpec, resume: bool) -> tuple[list[dict[str, Any]], list[tuple]]:
+    """Every video's row (path, split, label, class name, parameters), in list order, and the render
+    jobs of those still to write (all, unless ``resume`` keeps the ones on disk)."""
     rows, jobs = [], []
     for split_id, split in enumerate(SPLITS):
-        per_class = train_per_class if split == "train" else val_per_class
-        for label, name in enumerate(names):
-            (root / "videos" / split / name).mkdir(parents=True, exist_ok=True)
+        per_class = spec.train_per_class if split == "train" else spec.val_per_class
+        for label, name in enumerate(spec.classes):
             for i in range(per_class):
-                rng = np.random.default_rng([int(seed), split_id, label, i])
-                p = sample_params(rng, label, num_frames=num_frames, size=size, noise_std=noise_std)
-                rel = f"videos/{split}/{name}/{i:05d}.mp4"
-                rows.append({"path": rel, "split": split, "label": label, "class_name": name,
-                             "params": p.to_dict()})
+                rng = np.random.default_rng([int(spec.seed), split_id, label, i])
+                p = sample_params(rng, label, num_frames=spec.num_frames, size=spec.size, noise_std=spec.noise_std)
+                rel = _video_path(split, name, i)
+                rows.append({"path": rel, "split": split, "label": label, "class_name": name, "params": p.to_dict()})
                 if not (resume and (root / rel).exists()):
-                    jobs.append((p.to_dict(), str(root / rel), fps, int(qp), preset))
+                    jobs.append((p.to_dict(), str(root / rel), spec.fps, int(spec.qp), spec.preset))
+    return rows, jobs
 
+
+def _render_all(jobs: Sequence[tuple], workers: Optional[int], progress: bool) -> None:
+    """Render and encode every job, on up to ``workers`` processes (default: 2), with a progress bar."""
     workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
-    logger.info("generating %d synthetic videos in %s (%d skipped, workers=%d)", len(jobs), root,
-                len(rows) - len(jobs), workers)
     parallel = workers > 1 and len(jobs) >= 8
-    ctx = mp_context() if parallel else None
+    for folder in sorted({os.path.dirname(job[1]) for job in jobs}):
+        os.makedirs(folder, exist_ok=True)
     bar = tqdm(total=len(jobs), desc="synthetic videos", unit="video", disable=not progress)
     if not parallel:
         for job in jobs:
             _render_and_write(job)
             bar.update()
     else:
-        with process_pool(workers, ctx) as ex:
+        with process_pool(workers, mp_context()) as ex:
             for _ in ex.map(_render_and_write, jobs, chunksize=4):
                 bar.update()
     bar.close()
 
-    (root / "classes.txt").write_text("".join(f"{n}\n" for n in names))
+
+def _write_manifest(root: Path, spec: SyntheticSpec, rows: Sequence[dict[str, Any]], **run: Any) -> None:
+    """manifest.json: the settings, the files this generator writes there, and ``run`` (complete,
+    seconds). Written whole or not at all (a temporary file renamed), so a manifest of ours is never
+    unreadable: an unreadable one is someone else's."""
+    files = [r["path"] for r in rows] + list(_LIST_FILES)
+    part = root / "manifest.json.part"
+    part.write_text(json.dumps({**spec.settings(), **run, "files": files}, indent=1) + "\n")
+    os.replace(part, root / "manifest.json")
+
+
+def _write_lists(root: Path, spec: SyntheticSpec, rows: Sequence[dict[str, Any]]) -> None:
+    """classes.txt, train.txt / val.txt (TSN lists) and params.jsonl."""
+    (root / "classes.txt").write_text("".join(f"{n}\n" for n in spec.classes))
     for split in SPLITS:
-        lines = [f"{r['path']} {num_frames} {r['label']}\n" for r in rows if r["split"] == split]
+        lines = [f"{r['path']} {spec.num_frames} {r['label']}\n" for r in rows if r["split"] == split]
         (root / f"{split}.txt").write_text("".join(lines))
     with open(root / "params.jsonl", "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
+
+
+def make_synthetic_dataset(out_dir: Union[str, os.PathLike], spec: Optional[SyntheticSpec] = None, *,
+                           overwrite: bool = False, workers: Optional[int] = None, progress: bool = True,
+                           **settings: Any) -> SyntheticDataset:
+    """Generate the synthetic order-dependent dataset ``spec`` (or ``SyntheticSpec(**settings)``) in
+    ``out_dir``, or reuse it if a complete one with the same settings is there; see the module
+    docstring for the layout and classes. Only an empty folder, or one this generator wrote, is
+    written to: a folder with other files is a ``FileExistsError``; our dataset of other settings an
+    :class:`OtherSettingsError` unless ``overwrite``, which removes only the files its manifest lists."""
+    t0 = time.perf_counter()
+    if spec is None:
+        spec = SyntheticSpec(**settings)
+    elif settings:
+        raise TypeError(f"make_synthetic_dataset: pass a SyntheticSpec or settings, not both ({sorted(settings)})")
+    root = Path(out_dir)
+    files = dict(train_list=root / "train.txt", val_list=root / "val.txt", classes_file=root / "classes.txt",
+                 params_file=root / "params.jsonl", manifest_file=root / "manifest.json")
+    state = _claim_folder(root, spec, overwrite)
+    if state == "reuse":
+        logger.info("synthetic dataset at %s already exists with the same settings: reusing it", root)
+        return SyntheticDataset(root=root, **files, class_names=list(spec.classes), num_videos=spec.counts(),
+                                reused=True, seconds=time.perf_counter() - t0)
+    rows, jobs = _plan_videos(root, spec, resume=state == "resume")
+    root.mkdir(parents=True, exist_ok=True)
+    _write_manifest(root, spec, rows, complete=False)
+    logger.info("generating %d synthetic videos in %s (%d kept)", len(jobs), root, len(rows) - len(jobs))
+    _render_all(jobs, workers, progress)
+    _write_lists(root, spec, rows)
     seconds = time.perf_counter() - t0
-    manifest_file.write_text(json.dumps({**settings, "complete": True, "seconds": round(seconds, 2)},
-                                        indent=1) + "\n")
+    _write_manifest(root, spec, rows, complete=True, seconds=round(seconds, 2))
     logger.info("synthetic dataset written to %s in %.1f s", root, seconds)
-    return SyntheticDataset(root=root, **files, class_names=names, num_videos=counts, reused=False,
-                            seconds=seconds)
+    return SyntheticDataset(root=root, **files, class_names=list(spec.classes), num_videos=spec.counts(),
+                            reused=False, seconds=seconds)

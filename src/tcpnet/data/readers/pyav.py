@@ -35,7 +35,7 @@ import av
 import av.video.reformatter
 import numpy as np
 
-from tcpnet.data.errors import DecodeError, DecodeTimeout, FrameIndexError
+from tcpnet.data.errors import Deadline, DecodeError, DecodeTimeout, FrameIndexError, Timeout, video_file_stat
 from tcpnet.data.records import PathLike, VideoInfo
 
 log = logging.getLogger(__name__)
@@ -113,13 +113,13 @@ class _IndexMismatch(Exception):
 
 
 class _Deadline:
-    """The wall-clock budget of one read (None: unlimited), checked at every packet and frame."""
+    """The wall-clock budget of one read of `path` (see errors.Deadline), checked at every packet and frame."""
 
     __slots__ = ("path", "seconds", "end")
 
-    def __init__(self, path: str, seconds: Optional[float]):
-        self.path, self.seconds = path, seconds
-        self.end = None if seconds is None else time.monotonic() + seconds
+    def __init__(self, path: str, timeout: Timeout):
+        budget = Deadline.of(timeout)
+        self.path, self.seconds, self.end = path, budget.seconds, budget.end
 
     def check(self, where: str, n: Optional[int] = None) -> None:
         """DecodeTimeout past the deadline; `where` (and `n`) say where it stopped (no per-call formatting)."""
@@ -319,12 +319,8 @@ def clear_index_cache() -> None:
 
 
 def _stat(path: str) -> tuple:
-    try:
-        st = os.stat(path)
-    except OSError as err:
-        raise DecodeError(path, f"cannot stat ({err.strerror or err})") from err
-    if st.st_size == 0:
-        raise DecodeError(path, "empty file (0 bytes)")
+    """The cache key (path, mtime, size) of a video file; DecodeError when it is not one."""
+    st = video_file_stat(path)
     return (path, st.st_mtime_ns, st.st_size)
 
 
@@ -342,14 +338,16 @@ def _cache_put(key: tuple, index: VideoIndex) -> None:
         _index_cache.popitem(last=False)
 
 
-def get_index(path: PathLike) -> VideoIndex:
-    """The (cached) packet index of `path`; rebuilt when the file's mtime or size changes."""
+def get_index(path: PathLike, timeout: Timeout = None) -> VideoIndex:
+    """The (cached) packet index of `path`; rebuilt when the file's mtime or size changes.
+    `timeout`: seconds (or a running Deadline) the demux pass may take; past it, DecodeTimeout."""
     path = os.path.abspath(os.fspath(path))
     key = _stat(path)
     index = _cache_get(key)
     if index is None:
-        with _open(path, light=True) as container:
-            index, _ = _scan(container, path, keep_packets=False)
+        deadline = _Deadline(path, timeout)
+        with _open(path, light=True, deadline=deadline) as container:
+            index, _ = _scan(container, path, keep_packets=False, deadline=deadline)
         _cache_put(key, index)
     return index
 
@@ -674,14 +672,15 @@ class _Reader:
 
 
 def read_video(path: PathLike, indices: np.ndarray, *, threads: Optional[int] = None,
-               strategy: str = "auto", skip_nonref: bool = True, timeout: Optional[float] = None) -> np.ndarray:
+               strategy: str = "auto", skip_nonref: bool = True, timeout: Timeout = None) -> np.ndarray:
     """Frames `indices` (0-based) of a video file as a (T, H, W, 3) uint8 array.
 
     `strategy`: "auto" (plan restarts at keyframes vs decoding forward), "seek" (restart before
     every wanted frame), "forward" (never restart), "sequential" (decode from the start
     counting frames); all exact. `skip_nonref`: let the decoder skip non-reference pictures
     that no wanted frame needs (H.264); the wanted frames are bit-identical either way.
-    `timeout`: seconds the whole read may take (None: no limit); past it, DecodeTimeout.
+    `timeout`: seconds the whole read may take, or a running Deadline (None: no limit); past it,
+    DecodeTimeout.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -746,11 +745,13 @@ def read_video(path: PathLike, indices: np.ndarray, *, threads: Optional[int] = 
     return frames[inverse]
 
 
-def probe_video(path: PathLike) -> VideoInfo:
-    """VideoInfo of a video file; the frame count comes from the packet index (or a full decode)."""
-    index = get_index(path)
+def probe_video(path: PathLike, timeout: Timeout = None) -> VideoInfo:
+    """VideoInfo of a video file; the frame count comes from the packet index (or a full decode).
+    `timeout`: seconds (or a running Deadline) the probe may take; past it, DecodeTimeout."""
+    deadline = Deadline.of(timeout)
+    index = get_index(path, deadline)
     if index.num_frames is None:
-        _Reader(index, [], _default_threads()).read_sequential()
+        _Reader(index, [], _default_threads(), _Deadline(index.path, deadline)).read_sequential()
     return VideoInfo(
         num_frames=int(index.num_frames),
         fps=index.fps,

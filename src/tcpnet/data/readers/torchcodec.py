@@ -1,5 +1,5 @@
 """Optional torchcodec video reader behind `load_clip`'s reader seam (``reader="torchcodec"``,
-config ``data.reader: torchcodec``); PyAV (`tcpnet.data.video`) stays the default.
+config ``data.reader: torchcodec``); PyAV (`tcpnet.data.readers.pyav`) stays the default.
 
 torchcodec decodes in its exact mode (``seek_mode="exact"``: it scans the file and numbers frames
 by their pts) and returns the same uint8 (T, H, W, 3) RGB array as the PyAV reader. It is an
@@ -23,8 +23,8 @@ from typing import Optional
 
 import numpy as np
 
-from tcpnet.data import video as _pyav
-from tcpnet.data.errors import FrameIndexError
+from tcpnet.data.readers import pyav as _pyav
+from tcpnet.data.errors import Deadline, FrameIndexError, Timeout
 from tcpnet.data.records import PathLike
 
 log = logging.getLogger(__name__)
@@ -53,12 +53,14 @@ def _decoder_class():
 
 
 def read_video(path: PathLike, indices: np.ndarray, *, threads: Optional[int] = None,
-               timeout: Optional[float] = None) -> np.ndarray:
-    """Frames `indices` (0-based) of a video file as a (T, H, W, 3) uint8 array, decoded by torchcodec."""
+               timeout: Timeout = None) -> np.ndarray:
+    """Frames `indices` (0-based) of a video file as a (T, H, W, 3) uint8 array, decoded by torchcodec.
+    `timeout` bounds the index pass and a PyAV fallback; torchcodec's own decoding is checked after."""
     VideoDecoder = _decoder_class()
+    timeout = Deadline.of(timeout)
     path = os.path.abspath(os.fspath(path))
     key = _pyav._stat(path)  # DecodeError: missing or empty file
-    index = _pyav.get_index(path)  # DecodeError: not a video, truncated, no video stream
+    index = _pyav.get_index(path, timeout)  # DecodeError: not a video, truncated, no video stream
     indices = np.asarray(indices, dtype=np.int64)
     if indices.size == 0:
         return _pyav.empty_clip(index)
@@ -93,7 +95,7 @@ def read_video(path: PathLike, indices: np.ndarray, *, threads: Optional[int] = 
     return frames[inverse]
 
 
-def _fallback(path: str, key: tuple, indices: np.ndarray, threads: Optional[int], timeout: Optional[float],
+def _fallback(path: str, key: tuple, indices: np.ndarray, threads: Optional[int], timeout: Timeout,
               why: str) -> np.ndarray:
     log.warning("%s: %s; reading this file with PyAV from now on", path, why)
     counters["torchcodec_fallbacks"] += 1

@@ -1,7 +1,9 @@
-"""Frame-folder reader (TSN/TSM/TCPNet layout): `<folder>/<template.format(i)>`, i 1-based.
+"""Frame-folder reader (TSN/TSM/TCPNet layout): frame i (1-based) of `<folder>` is the image named
+by the template (`tcpnet.data.frame_template`: `img_{:05d}.jpg`, `{id}-{:06d}.jpg`, ...).
 
 Images are decoded with Pillow and converted to RGB. Unlike the authors' loader, a missing or
-unreadable frame is an error naming the file; nothing is silently replaced by frame 1.
+unreadable frame is an error naming the file and the template; nothing is silently replaced by
+frame 1.
 """
 from __future__ import annotations
 
@@ -13,29 +15,34 @@ from typing import Dict
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from tcpnet.data.errors import DecodeError, FrameIndexError
+from tcpnet.data.errors import DecodeError, FrameIndexError, MissingFrameError
+from tcpnet.data.frame_template import bind_frame_template, check_frame_template
 from tcpnet.data.records import PathLike, VideoInfo
 
 
-def _frame_path(folder: str, template: str, number: int) -> str:
-    try:
-        return os.path.join(folder, template.format(number))
-    except (IndexError, KeyError, ValueError) as err:
-        raise ValueError(f"frame_template {template!r} must format one integer, e.g. 'img_{{:05d}}.jpg'") from err
+def _bound(folder: str, template: str) -> str:
+    """`template` checked, with the folder's id filled in: a template of the frame number alone."""
+    return bind_frame_template(check_frame_template(template), folder)
+
+
+def _not_found(folder: str, template: str, number: int) -> MissingFrameError:
+    return MissingFrameError(os.path.join(folder, _bound(folder, template).format(number)), number, template)
 
 
 def count_frames(folder: PathLike, template: str) -> int:
     """Number of consecutive frame files 1, 2, ... present in `folder`."""
     folder = os.fspath(folder)
+    bound = _bound(folder, template)
     names = set(os.listdir(folder))
     count = 0
-    while template.format(count + 1) in names:
+    while bound.format(count + 1) in names:
         count += 1
     return count
 
 
 def _last_frame_number(folder: str, template: str) -> int:
     """Highest frame number among the files matching `template` (0 if none); error path only."""
+    template = _bound(folder, template)
     parts = list(string.Formatter().parse(template))
     fields = [p for p in parts if p[1] is not None]
     if len(fields) != 1:
@@ -61,19 +68,20 @@ def read_frame_folder(folder: PathLike, indices: np.ndarray, template: str) -> n
     indices = np.asarray(indices, dtype=np.int64)
     if indices.size and indices.min() < 0:
         raise FrameIndexError(folder, int(indices.min()), None)
+    bound = _bound(folder, template)
     frames: Dict[int, np.ndarray] = {}
     for i in np.unique(indices).tolist():
-        path = _frame_path(folder, template, i + 1)
+        path = os.path.join(folder, bound.format(i + 1))
         if not os.path.isfile(path):
             last = _last_frame_number(folder, template) if os.path.isdir(folder) else 0
             if i >= last > 0:  # past the last file: an index error, not a hole in the folder
                 raise FrameIndexError(folder, i, last)
-            raise DecodeError(path, f"missing frame file for index {i} (frame {i + 1}, template {template!r})")
+            raise _not_found(folder, template, i + 1)
         frames[i] = _read_image(path)
     if not frames:
-        first = _frame_path(folder, template, 1)
+        first = os.path.join(folder, bound.format(1))
         if not os.path.isfile(first):
-            raise DecodeError(first, "missing the first frame file of the folder")
+            raise _not_found(folder, template, 1)
         height, width = _read_image(first).shape[:2]
         return np.empty((0, height, width, 3), dtype=np.uint8)
     try:
@@ -87,8 +95,8 @@ def probe_frame_folder(folder: PathLike, template: str) -> VideoInfo:
     folder = os.fspath(folder)
     num_frames = count_frames(folder, template)
     if num_frames == 0:
-        raise DecodeError(folder, f"no frame files named like {template.format(1)!r}")
-    first = _frame_path(folder, template, 1)
+        raise _not_found(folder, template, 1)
+    first = os.path.join(folder, _bound(folder, template).format(1))
     try:
         with Image.open(first) as image:
             width, height = image.size

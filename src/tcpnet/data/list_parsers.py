@@ -1,4 +1,6 @@
-"""List files and folder trees -> :class:`RecordList` (paths relative to a dataset root).
+"""The list-file parsers: list files and folder trees -> :class:`RecordList` (paths relative to a
+dataset root). The formats that ``data.list_format`` names, registered in :mod:`tcpnet.data.formats`,
+call them.
 
 Parsers for the TSN/TCPNet frame lists, ``path label`` video lists, class-per-folder trees
 (Kinetics as distributed), Something-Something V1 csv files, Charades csv files (multi-label),
@@ -6,18 +8,19 @@ HMDB51 and UCF101 split files. Each returns a :class:`RecordList` (a plain ``lis
 with a ``class_names`` attribute when the format names its classes). Malformed lines raise
 ``ValueError("<file>:<line>: expected ..., got ...")``; records keep their line number. Text is
 read with :func:`open_list_file` (UTF-8, a byte-order mark ignored). :func:`check_records` finds
-every missing video up front, :func:`check_labels` every label outside the class count. The
-config-facing registry of formats is :mod:`tcpnet.data.formats`.
+every missing video up front, :func:`check_labels` every label outside the class count.
 """
 from __future__ import annotations
 
 import csv
 import logging
+import os
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, TextIO, Tuple, Union
 
 import torch
 
+from tcpnet.data.frame_template import frame_file_name
 from tcpnet.data.records import PathLike, RecordList, VideoRecord
 
 __all__ = [
@@ -41,7 +44,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # File name endings taken as videos, by the folder reader and by `tcpnet prepare` alike.
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".ts", ".m2ts", ".mts",
+                    ".3gp", ".wmv", ".ogv")
 
 
 def open_list_file(path: PathLike, newline: Optional[str] = None) -> TextIO:
@@ -350,25 +354,37 @@ def check_records(records: Sequence[VideoRecord], root: PathLike = "",
                   frame_template: Optional[str] = None, raise_error: bool = True) -> List[str]:
     """Find every record whose video (or frame folder) is missing under ``root``.
 
-    With ``frame_template`` (e.g. ``"img_{:05d}.jpg"``) a frame folder must also hold frame 1.
-    Returns the missing paths; with ``raise_error`` raises one ``FileNotFoundError`` listing
-    all of them (the first 20 in the message).
+    With ``frame_template`` (e.g. ``"img_{:05d}.jpg"``, see :mod:`tcpnet.data.frame_template`) a
+    frame folder must also hold frame 1. Returns the unusable paths; with ``raise_error`` raises one
+    ``FileNotFoundError`` that lists the missing ones (the first 20) and, apart, the folders without
+    frame 1, naming the file the template gives and what the first such folder holds instead.
     """
-    missing = []
+    gone, no_first = [], []  # paths; (folder, expected first frame file)
     for r in records:
         p = Path(root) / r.path
-        ok = p.exists()
-        if ok and p.is_dir() and frame_template is not None:
-            ok = (p / frame_template.format(1)).is_file()
-        if not ok:
-            missing.append(str(p))
-    if missing:
-        logger.warning("%d of %d videos missing under %s", len(missing), len(records), root)
-        if raise_error:
-            shown = ", ".join(missing[:20])
-            more = f" ... and {len(missing) - 20} more" if len(missing) > 20 else ""
-            raise FileNotFoundError(f"{len(missing)} of {len(records)} videos missing: {shown}{more}")
-    return missing
+        if not p.exists():
+            gone.append(str(p))
+        elif p.is_dir() and frame_template is not None:
+            first = p / frame_file_name(frame_template, 1, p)
+            if not first.is_file():
+                no_first.append((str(p), str(first)))
+    if not (gone or no_first):
+        return []
+    n = len(records)
+    parts = []
+    if gone:
+        more = f" ... and {len(gone) - 20} more" if len(gone) > 20 else ""
+        parts.append(f"{len(gone)} of {n} videos missing: {', '.join(gone[:20])}{more}")
+    if no_first:
+        folder, first = no_first[0]
+        held = sorted(os.listdir(folder))
+        holds = f"{folder} holds {', '.join(held[:3])}{' ...' if len(held) > 3 else ''}" if held else f"{folder} is empty"
+        parts.append(f"{len(no_first)} of {n} frame folders without frame 1: frame 1 not found: {first} "
+                     f"(data.frame_template={frame_template!r}); {holds}")
+    logger.warning("under %s: %s", root, "; ".join(parts))
+    if raise_error:
+        raise FileNotFoundError("; ".join(parts))
+    return gone + [folder for folder, _ in no_first]
 
 
 def check_labels(records: Sequence[VideoRecord], num_classes: int, list_path: PathLike, key: str = "",
