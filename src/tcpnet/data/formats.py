@@ -17,7 +17,6 @@ package (:func:`import_data_modules`). Modules outside the package register by b
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 import pkgutil
