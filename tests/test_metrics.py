@@ -101,3 +101,33 @@ def test_sigmoid_fusion_matches_a_hand_computed_map():
     assert torch.allclose(fuse_views(logits, "mean-sigmoid"), torch.sigmoid(logits).mean(1))
     softmax_map = mean_average_precision(fuse_views(logits, "max-prob"), targets)
     assert softmax_map != pytest.approx(by_hand)
+
+
+@pytest.mark.parametrize("positives, scores, expected", [
+    # every score tied: one threshold, precision 2/4 at recall 1 (ranking by index gave (1 + 2/3) / 2)
+    ([1, 0, 1, 0], [0.5, 0.5, 0.5, 0.5], 0.5),
+    # two tied pairs: thresholds 0.9 (1 of 2 positive, recall 1/2) and 0.3 (2 of 4, recall 1)
+    ([0, 1, 1, 0], [0.9, 0.9, 0.3, 0.3], 0.5 * 0.5 + 0.5 * 0.5),
+    # three tied at 0.8 (1 of 3, recall 1/2), then 0.1 (2 of 4, recall 1)
+    ([1, 0, 0, 1], [0.8, 0.8, 0.8, 0.1], 0.5 / 3 + 0.5 * 0.5),
+])
+def test_average_precision_counts_tied_scores_as_one_threshold(positives, scores, expected):
+    ap = average_precision(torch.tensor(scores), torch.tensor(positives))
+    assert ap == pytest.approx(expected, abs=1e-12)
+    # the order of tied videos does not change the AP
+    assert average_precision(torch.tensor(scores).flip(0), torch.tensor(positives).flip(0)) == pytest.approx(ap)
+
+
+def test_mean_average_precision_matches_sklearn_on_quantised_scores():
+    """Expected values computed once with scikit-learn 1.9.1, ``average_precision_score(targets[:, k],
+    scores[:, k])`` per class (sklearn is not a test dependency); scores quantised to quarters, so
+    many videos tie. Tolerance 1e-12: both sum the same few float64 products."""
+    scores = torch.tensor([[0.5, 0.5, 0.5], [0.25, 1.0, 0.25], [0.75, 0.25, 0.5], [1.0, 0.0, 0.75],
+                           [0.5, 0.75, 0.75], [0.25, 0.75, 0.75], [0.5, 0.0, 0.75], [0.0, 1.0, 1.0],
+                           [1.0, 0.0, 1.0], [1.0, 0.5, 1.0], [0.75, 0.75, 0.0], [0.0, 0.25, 0.25]])
+    targets = torch.tensor([[0, 0, 0], [1, 1, 0], [0, 0, 1], [0, 1, 0], [0, 1, 0], [0, 0, 0], [0, 1, 0],
+                            [1, 1, 0], [1, 0, 0], [0, 1, 1], [0, 0, 1], [0, 0, 0]])
+    sklearn_aps = [0.2611111111111111, 0.6952380952380952, 0.2685185185185185]
+    for k, expected in enumerate(sklearn_aps):
+        assert average_precision(scores[:, k], targets[:, k]) == pytest.approx(expected, abs=1e-12)
+    assert mean_average_precision(scores, targets) == pytest.approx(40.82892416225749, abs=1e-10)
