@@ -131,3 +131,52 @@ def test_mean_average_precision_matches_sklearn_on_quantised_scores():
     for k, expected in enumerate(sklearn_aps):
         assert average_precision(scores[:, k], targets[:, k]) == pytest.approx(expected, abs=1e-12)
     assert mean_average_precision(scores, targets) == pytest.approx(40.82892416225749, abs=1e-10)
+
+
+def test_one_fusion_check_names_the_choices():
+    from tcpnet.config import FUSIONS
+    from tcpnet.engine.evaluate import check_fusion
+
+    assert [check_fusion(f) for f in FUSIONS] == list(FUSIONS)
+    with pytest.raises(ValueError, match=r"--fusion: expected one of auto, max-prob, .*got 'vote'"):
+        check_fusion("vote", "--fusion")
+
+
+class _Records(torch.utils.data.Dataset):
+    """Six one-view clips whose per-class mean is the logit (see ``_PixelMean``), with record paths."""
+
+    def __init__(self, clips: torch.Tensor) -> None:
+        from tcpnet.data.records import VideoRecord
+        self.clips = clips
+        self.records = [VideoRecord(f"videos/v{i}.mp4", 4, i % 3) for i in range(len(clips))]
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int):
+        return self.clips[i], i % 3
+
+
+class _PixelMean(torch.nn.Module):
+    def forward(self, x):
+        return x.mean(dim=(2, 3, 4))
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
+def test_evaluate_refuses_non_finite_logits_naming_the_videos(bad_value):
+    """A NaN ranked as a hit (class_ranks counts no class above it): top-1 100 with a NaN model.
+    evaluate raises instead, naming exactly the videos whose logits are not finite."""
+    from tcpnet.data.build import IndexedSubset
+    from tcpnet.engine.evaluate import NonFiniteLogitsError
+
+    clips = torch.randn(6, 3, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    clips[1, 0, 0, 0, 0] = bad_value
+    clips[4, 2, 1, 3, 3] = bad_value
+    dataset = _Records(clips)
+    loader = torch.utils.data.DataLoader(IndexedSubset(dataset, range(6)), batch_size=4)
+    with pytest.raises(NonFiniteLogitsError) as e:
+        evaluate(_PixelMean(), loader, device=torch.device("cpu"), fusion="max-prob")
+    assert "for 2 of 6 video(s): videos/v1.mp4, videos/v4.mp4;" in str(e.value)
+    clips[1, 0, 0, 0, 0] = clips[4, 2, 1, 3, 3] = 0.0  # finite again: the same loader evaluates
+    res = evaluate(_PixelMean(), loader, device=torch.device("cpu"), fusion="max-prob")
+    assert res.metrics["num_videos"] == 6

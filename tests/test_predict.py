@@ -106,3 +106,15 @@ def test_topk_clipped_and_labels(model, clips, tmp_path):
         read_labels(str(tmp_path / "nope.txt"))
     with pytest.raises(ValueError, match="topk"):
         predict_videos(model, [str(clips[0])], topk=0)
+
+
+def test_non_finite_logits_are_an_error_naming_the_video(clips):
+    """A model whose classifier bias is NaN used to print 'nan' probabilities with rc 0."""
+    torch.manual_seed(0)
+    broken = build_model("tcp_tiny", num_classes=5, num_segments=T, dim=16, mid_channels=32).eval()
+    with torch.no_grad():
+        broken.fc.bias[2] = float("nan")
+    preds = predict_videos(broken, [str(c) for c in clips], topk=3)
+    for path, pred in zip(clips, preds):
+        assert pred.topk == [] and pred.error is not None
+        assert pred.error.startswith(f"the model output NaN or infinite logits for 1 of 1 video(s): {path};")

@@ -182,3 +182,27 @@ def test_test_command_writes_the_report(workspace):
     assert proc.stdout.splitlines()[-1] == "report: cli/report.html"
     page = parse(workspace / "cli/report.html")
     assert len(page.h3) == 8 and len(page.images) == 1 + 2 * 8
+
+
+def test_nan_model_is_an_error_in_tcpnet_test(workspace, capsys):
+    """`tcpnet test` of a model whose logits are NaN printed 'top-1 100.00' and exited 0: a NaN
+    outranks no class, so it counted as a hit. Now one error line names the checkpoint and the
+    videos, and no result file is written."""
+    from tcpnet.cli import main
+
+    model = build_model("tcp_tiny", num_classes=4, num_segments=4, dim=16, mid_channels=32)
+    model.input_config = type(model.input_config)(crop_size=48, scale_size=48, num_segments=4)
+    with torch.no_grad():
+        model.fc.bias[1] = float("nan")
+    save_model(model, workspace / "nan.pt", class_names=NAMES)
+    args = [f"data.root={workspace / 'data'}", f"data.val_list={workspace / 'data/val.txt'}",
+            f"data.train_list={workspace / 'data/train.txt'}", f"data.class_names={workspace / 'data/classes.txt'}"]
+    rc = main(["test", str(workspace / "tiny.yaml"), "--checkpoint", str(workspace / "nan.pt"),
+               "--out", str(workspace / "nan_test"), *args])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 1 and not (workspace / "nan_test/metrics.json").exists()
+    errors = [line for line in err if line.startswith("tcpnet: error:")]
+    assert len(errors) == 1
+    first = (workspace / "data/val.txt").read_text().split()[0]
+    assert errors[0].startswith(f"tcpnet: error: {workspace / 'nan.pt'}: the model output NaN or infinite "
+                                f"logits for 8 of 8 video(s): {first}, ")
