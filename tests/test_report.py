@@ -206,3 +206,28 @@ def test_nan_model_is_an_error_in_tcpnet_test(workspace, capsys):
     first = (workspace / "data/val.txt").read_text().split()[0]
     assert errors[0].startswith(f"tcpnet: error: {workspace / 'nan.pt'}: the model output NaN or infinite "
                                 f"logits for 8 of 8 video(s): {first}, ")
+
+
+def test_multi_label_report_lists_only_classes_with_positives_by_their_ids(workspace):
+    """Charades-style list without class names in which class 1 has no positive video: the AP
+    table lists the 3 other classes as c000/c002/c003 (not 0/2/3) and says 1 class was left out."""
+    model = build_model("tcp_tiny", num_classes=4, num_segments=4, dim=16, mid_channels=32)
+    model.input_config = type(model.input_config)(crop_size=48, scale_size=48, num_segments=4)
+    save_model(model, workspace / "unnamed.pt")
+    rows = ["id,actions",
+            "videos/val/grow/00000,c2 0.0 1.0;c0 0.2 0.5",
+            "videos/val/shrink/00000,c3 0.0 1.0",
+            "videos/val/move_left/00000,c0 0.0 1.0;c3 0.1 0.4"]
+    (workspace / "no_c1.csv").write_text("\n".join(rows) + "\n")
+    cfg = _cfg(workspace, f"data.test_list={workspace / 'no_c1.csv'}", "data.multi_label=true", "data.class_names=null")
+    result = run_test(cfg, str(workspace / "unnamed.pt"), output_dir=workspace / "no_c1", progress=False)
+    assert result.class_names is None
+    path = write_test_report(result, cfg, worst=1, explain=False)
+    page = parse(path)
+    ap_rows = [r for r in page.rows if len(r) == 4 and r[0] != "class"]
+    assert sorted(r[0] for r in ap_rows) == ["c000", "c002", "c003"]
+    assert [int(r[3]) for r in sorted(ap_rows)] == [2, 1, 2]
+    text = path.read_text(encoding="utf-8")
+    assert "3 classes with a positive video; 1 without one left out (no AP)" in text
+    truth = text.split("<p>true: ")[1].split(" ·")[0]  # the worst video's labels, by their ids too
+    assert truth in ("c000, c002", "c003", "c000, c003")
