@@ -118,3 +118,21 @@ def test_non_finite_logits_are_an_error_naming_the_video(clips):
     for path, pred in zip(clips, preds):
         assert pred.topk == [] and pred.error is not None
         assert pred.error.startswith(f"the model output NaN or infinite logits for 1 of 1 video(s): {path};")
+
+
+def test_predict_and_explain_commands_reuse_freed_memory(model, clips, tmp_path, monkeypatch, capsys):
+    """One forward per video: with glibc's defaults each forward page-faults its freed activations
+    back in (benchmarks/isqrt_warmup.py: ~6k faults per tcp_tsn_r50 forward at 8x112^2, 0 when
+    retained), so both commands keep freed memory, as test and train do."""
+    import tcpnet.utils.malloc as malloc
+    from tcpnet.checkpoints import save_model
+    from tcpnet.cli import main
+
+    calls = []
+    monkeypatch.setattr(malloc, "retain_freed_memory", lambda: calls.append(1) or True)
+    ckpt = save_model(model, tmp_path / "m.pt")
+    assert main(["predict", str(clips[0]), "--checkpoint", str(ckpt), "--device", "cpu"]) == 0
+    assert calls == [1] and capsys.readouterr().out.startswith(str(clips[0]))
+    assert main(["explain", str(clips[0]), "--checkpoint", str(ckpt), "--out", str(tmp_path / "ex"),
+                 "--device", "cpu"]) == 0
+    assert calls == [1, 1] and (tmp_path / "ex/one.png").is_file()

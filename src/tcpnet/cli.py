@@ -116,11 +116,21 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
+def _reuse_freed_memory() -> None:
+    """predict and explain run one forward per video: with glibc's defaults every forward faults
+    its freed activations back in (see benchmarks/isqrt_warmup.py); test and train do the same
+    through the ``retain_freed_memory`` config key."""
+    from tcpnet.utils.malloc import retain_freed_memory
+
+    retain_freed_memory()
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from tcpnet.checkpoints import build_model_from_checkpoint
     from tcpnet.engine.distributed import resolve_device
     from tcpnet.apps.predict import predict_videos, read_labels
 
+    _reuse_freed_memory()
     device = resolve_device(args.device)
     model = build_model_from_checkpoint(args.checkpoint).to(device)
     names = read_labels(args.labels, int(model.num_classes)) if args.labels else None
@@ -148,6 +158,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from tcpnet.apps.explain import explain_videos
     from tcpnet.apps.predict import read_labels
 
+    _reuse_freed_memory()
     model = build_model_from_checkpoint(args.checkpoint).to(resolve_device(args.device))
     names = read_labels(args.labels, int(model.num_classes)) if args.labels else None
     results = explain_videos(model, args.videos, args.out, views=args.views, class_names=names)
