@@ -231,3 +231,16 @@ def test_multi_label_report_lists_only_classes_with_positives_by_their_ids(works
     assert "3 classes with a positive video; 1 without one left out (no AP)" in text
     truth = text.split("<p>true: ")[1].split(" ·")[0]  # the worst video's labels, by their ids too
     assert truth in ("c000, c002", "c003", "c000, c003")
+
+
+def test_checkpoint_with_fewer_classes_than_the_data_says_what_to_do(workspace):
+    """A 3-class checkpoint tested on the 4-class data: the error names data.class_names and the
+    checkpoint, and says what to do with tcpnet's commands (no strict=False)."""
+    model = build_model("tcp_tiny", num_classes=3, num_segments=4, dim=16, mid_channels=32)
+    save_model(model, workspace / "three.pt")
+    with pytest.raises(ValueError) as err:
+        run_test(_cfg(workspace), str(workspace / "three.pt"), output_dir=workspace / "three", progress=False)
+    ckpt = workspace / "three.pt"
+    assert str(err.value) == (f"{workspace / 'data/classes.txt'} (data.class_names): 4 class names but {ckpt} is a "
+                              f"3-class model; test it on data of its 3 classes, or train a 4-class model from it "
+                              f"(tcpnet train CONFIG model.pretrained={ckpt}: every weight but the classifier is loaded)")

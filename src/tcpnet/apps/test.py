@@ -105,11 +105,17 @@ def default_class_names(num_classes: int, multi_label: bool) -> List[str]:
     return [f"c{i:03d}" if multi_label else str(i) for i in range(num_classes)]
 
 
-def _class_names(cfg: Config, models: Sequence[torch.nn.Module], num_classes: int) -> Optional[List[str]]:
+def _class_names(cfg: Config, models: Sequence[torch.nn.Module], checkpoint: str) -> Optional[List[str]]:
+    """``data.class_names``, else the checkpoint's; a count that differs from the model's classes
+    is an error saying what to do."""
+    num_classes = int(models[0].num_classes)
     names = load_class_names(cfg.data) or getattr(models[0], "class_names", None)
     if names is not None and len(names) != num_classes:
-        source = cfg.data.class_names or "the checkpoint"
-        raise ValueError(f"{source}: {len(names)} class names but the model has {num_classes} classes")
+        source = f"{cfg.data.class_names} (data.class_names)" if cfg.data.class_names else checkpoint
+        raise ValueError(f"{source}: {len(names)} class names but {checkpoint} is a {num_classes}-class model; test "
+                         f"it on data of its {num_classes} classes, or train a {len(names)}-class model from it "
+                         f"(tcpnet train CONFIG model.pretrained={checkpoint}: every weight but the classifier "
+                         "is loaded)")
     return list(names) if names is not None else None
 
 
@@ -278,7 +284,7 @@ def run_test(cfg: Config, checkpoints: Union[str, Sequence[str], None] = None,
     try:
         models = load_models(plan.checkpoints, info.device)
         num_classes = int(models[0].num_classes)
-        class_names = _class_names(cfg, models, num_classes)
+        class_names = _class_names(cfg, models, plan.checkpoints[0])
         records = read_list(cfg.data, plan.subset, class_names=class_names, num_classes=num_classes,
                             classes_from=f"from the checkpoint {plan.checkpoints[0]}")
         done = _evaluate_models(cfg, plan, models, records, amp, progress, info)
