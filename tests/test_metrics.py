@@ -180,3 +180,20 @@ def test_evaluate_refuses_non_finite_logits_naming_the_videos(bad_value):
     clips[1, 0, 0, 0, 0] = clips[4, 2, 1, 3, 3] = 0.0  # finite again: the same loader evaluates
     res = evaluate(_PixelMean(), loader, device=torch.device("cpu"), fusion="max-prob")
     assert res.metrics["num_videos"] == 6
+
+
+def test_the_fusion_choice_is_checked_in_one_place():
+    """Every command and the evaluation loop use check_fusion: no other comparison with FUSIONS
+    in the package (config.py's table of choices validates the config key itself)."""
+    import ast
+    from pathlib import Path
+
+    import tcpnet
+
+    owners = []
+    for path in sorted(Path(tcpnet.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Compare) and any(isinstance(c, ast.Name) and c.id == "FUSIONS"
+                                                     for c in node.comparators):
+                owners.append(path.name)
+    assert owners == ["evaluate.py"]

@@ -244,3 +244,15 @@ def test_checkpoint_with_fewer_classes_than_the_data_says_what_to_do(workspace):
     assert str(err.value) == (f"{workspace / 'data/classes.txt'} (data.class_names): 4 class names but {ckpt} is a "
                               f"3-class model; test it on data of its 3 classes, or train a 4-class model from it "
                               f"(tcpnet train CONFIG model.pretrained={ckpt}: every weight but the classifier is loaded)")
+
+
+def test_one_confusion_matrix_renderer(workspace):
+    """`tcpnet test`'s confusion_matrix.png is the report's figure (viz.confusion_summary), pixel for
+    pixel: there is one renderer of a confusion matrix."""
+    from tcpnet.engine.metrics import confusion_matrix
+    from tcpnet.viz import confusion_summary
+
+    result = run_test(_cfg(workspace), str(workspace / "m.pt"), output_dir=workspace / "cm", progress=False)
+    cm = confusion_matrix(result.targets, result.scores.argmax(1), 4)
+    written = np.asarray(decode_image((workspace / "cm/confusion_matrix.png").read_bytes()).convert("RGB"))
+    np.testing.assert_array_equal(written, confusion_summary(cm, NAMES))
