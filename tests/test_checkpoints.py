@@ -415,8 +415,8 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     path = save_model(model, tmp_path / "m.pt")
     good = path.read_bytes()
 
-    def boom(obj, f, *a, **k):
-        Path(f).write_bytes(b"partial")
+    def boom(obj, f, *a, **k):  # torch.save writes into a Python file object
+        f.write(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", boom)
@@ -483,3 +483,134 @@ def test_text_file_is_refused_with_a_clear_error(tmp_path):
     path.write_text("evaluation notes, not weights\n")
     with pytest.raises(CheckpointError, match="notes.pth: not a readable PyTorch checkpoint"):
         load_checkpoint(build_model("tsn_tiny", num_classes=4, num_segments=2), path)
+
+
+# ----------------------------------------------------------------------------- messages
+class _SystemPayload:
+    """Unpickling this calls ``os.system`` (torch 2.13 reports "unsupported GLOBAL posix.system
+    whose module posix is blocked", lower case, which a case-sensitive check missed)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_os_system_payload_is_refused_as_unsafe(tmp_path):
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": tiny().state_dict(), "x": _SystemPayload(marker)}, path)
+    with pytest.raises(CheckpointError) as err:
+        build_model_from_checkpoint(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: refused as unsafe: the file needs arbitrary Python unpickling (")
+    assert "system" in msg and "damaged" not in msg
+    assert not marker.exists()
+
+
+def test_truncated_file_keeps_our_sentence_and_torchs_first_one(tmp_path):
+    bad = tmp_path / "cut.pt"
+    save_model(tiny(), bad)
+    bad.write_bytes(bad.read_bytes()[:-300])  # the zip's central directory is gone
+    with pytest.raises(CheckpointError) as err:
+        build_model_from_checkpoint(bad)
+    assert str(err.value) == (f"{bad}: not a readable PyTorch checkpoint (truncated, corrupt or not a checkpoint): "
+                              "RuntimeError: PytorchStreamReader failed reading zip archive: "
+                              "failed finding central directory")
+
+
+def test_class_count_mismatch_says_what_to_do_in_tcpnet_terms(tmp_path):
+    """A 5-class file converted to an 8-class model: the advice names the command-line option and
+    the config key, not ``strict=False`` (which no command offers)."""
+    path = released(authors_state(randomized(tiny())), tmp_path / "five.pth")
+    with pytest.raises(CheckpointError) as err:
+        convert_checkpoint(path, tmp_path / "eight.pt", "tcp_tiny", num_classes=8, num_segments=T)
+    msg = str(err.value)
+    assert "strict=False" not in msg and not (tmp_path / "eight.pt").exists()
+    assert "The file's classifier has 5 classes and the model 8." in msg
+    assert "tcpnet convert --num-classes 5" in msg and f"model.pretrained={path}" in msg
+
+
+# ----------------------------------------------------------------------------- writing
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_follow_the_umask(tmp_path, umask, mode):
+    import os
+
+    old = os.umask(umask)
+    try:
+        paths = [save_model(tiny(), tmp_path / "m.pt"), export_safetensors(tiny(), tmp_path / "m.safetensors")]
+    finally:
+        os.umask(old)
+    for p in paths:
+        assert p.stat().st_mode & 0o777 == mode, p
+
+
+@pytest.mark.parametrize("failure", [
+    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),  # torch's path writer
+    OSError(28, "No space left on device"),                                                   # a Python file's write
+])
+def test_full_disk_is_named_and_leaves_no_temporary_file(tmp_path, monkeypatch, failure):
+    model = tiny()
+    path = save_model(model, tmp_path / "last.pt")
+    good = path.read_bytes()
+
+    def full(obj, f, *a, **k):
+        f.write(b"partial")
+        raise failure
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(CheckpointError) as err:
+        save_model(model, path)
+    assert str(err.value) == f"no space left on device ({path}); nothing was written"
+    assert path.read_bytes() == good and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+# ----------------------------------------------------------------------------- converting our files
+def test_convert_of_our_file_keeps_what_it_records(tmp_path):
+    """convert .pt -> .safetensors -> .pt: model, T, trained input config (crop 48, not the
+    factory's), class names and multi_label all survive; the weights are identical."""
+    model = randomized(tiny()).eval()
+    model.input_config = type(model.input_config)(crop_size=48, scale_size=56, num_segments=T)
+    model.class_names, model.multi_label = list("abcde"), True
+    src = save_model(model, tmp_path / "a.pt")
+    convert_checkpoint(src, tmp_path / "b.safetensors")
+    convert_checkpoint(tmp_path / "b.safetensors", tmp_path / "c.pt", model_name="tcp_tiny", num_segments=T)
+    for path in (src, tmp_path / "b.safetensors", tmp_path / "c.pt"):
+        rebuilt = build_model_from_checkpoint(path)
+        assert rebuilt.class_names == list("abcde") and rebuilt.multi_label is True
+        assert rebuilt.input_config == model.input_config and rebuilt.input_config.crop_size == 48
+        assert same_state(model, rebuilt)
+    with pytest.raises(CheckpointError, match=r"--segments 16: .* tcpnet model file of tcp_tiny with segments = 8"):
+        convert_checkpoint(src, tmp_path / "d.pt", num_segments=16)
+    with pytest.raises(CheckpointError, match="not a tcpnet model file, so the model must be named"):
+        convert_checkpoint(released(authors_state(model), tmp_path / "authors.pth"), tmp_path / "e.pt")
+    assert not (tmp_path / "d.pt").exists() and not (tmp_path / "e.pt").exists()
+
+
+@pytest.mark.parametrize("spelling", ["same", "dot", "symlink", "hardlink"])
+@pytest.mark.parametrize("command", ["convert", "export"])
+def test_output_equal_to_input_is_refused_before_writing(tmp_path, monkeypatch, capsys, spelling, command):
+    import os
+
+    from tcpnet.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    save_model(tiny(), tmp_path / "m.pt")
+    before = ((tmp_path / "m.pt").read_bytes(), (tmp_path / "m.pt").stat().st_mtime_ns)
+    out = {"same": "m.pt", "dot": "./m.pt", "symlink": "link.pt", "hardlink": "hard.pt"}[spelling]
+    if spelling == "symlink":
+        os.symlink("m.pt", "link.pt")
+    if spelling == "hardlink":
+        os.link("m.pt", "hard.pt")
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    if command == "convert":
+        rc = main(["convert", "m.pt", out])
+    else:
+        rc = main(["export", "--checkpoint", "m.pt", "--format", "torchscript", "--output", out])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tcpnet: error:")]
+    assert rc == 1 and err == [f"tcpnet: error: {out}: the output is the input file m.pt; choose another "
+                               "output path (nothing was written)"]
+    assert ((tmp_path / "m.pt").read_bytes(), (tmp_path / "m.pt").stat().st_mtime_ns) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing

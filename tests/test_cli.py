@@ -411,3 +411,30 @@ def test_undecodable_video_in_test_is_one_line_with_any_number_of_workers(run_di
     line = assert_one_line_error(proc, str(bad))
     assert "worker process" not in proc.stderr and "Caught" not in proc.stderr, proc.stderr
     assert "cannot open as a video" in line
+
+
+def test_flops_defaults_to_the_models_own_t_and_prints_the_input(capsys):
+    """R(2+1)-D is a 16-frame model: `tcpnet flops r2plus1d_r18` counted 8 frames (half the
+    FLOPs, under the same-looking number). Now T is the model's own and the input is printed."""
+    from tcpnet.cli import main
+    from tcpnet.models import build_model
+    from tcpnet.utils.complexity import complexity
+
+    assert main(["flops", "r2plus1d_r18", "--size", "32"]) == 0
+    out = capsys.readouterr().out
+    model = build_model("r2plus1d_r18", num_classes=400)
+    assert model.num_segments == 16
+    c = complexity(model, (1, 3, 16, 32, 32))
+    assert out.startswith("r2plus1d_r18: T=16 frames of 32x32 (input 1x3x16x32x32), ")
+    assert f"{c['gflops']:.2f} GFLOPs" in out
+    assert main(["flops", "tsn_tiny", "--segments", "3", "--size", "32"]) == 0
+    assert capsys.readouterr().out.startswith("tsn_tiny: T=3 frames of 32x32 (input 1x3x3x32x32), ")
+
+
+def test_test_help_says_which_files_it_writes(capsys):
+    from tcpnet.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["test", "-h"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "scores.npz (per-view logits, fused scores, targets, paths" in text and "metrics.json" in text

@@ -251,3 +251,61 @@ def test_explain_command(tmp_path):
     assert r["target"]["name"] in "abcde" and len(r["topk"]) == 5 and len(r["views"][0]["importance"]) == T
     assert len(r["views"][0]["tca"]) == T and r["files"] == {"sheet": "ex/one.png", "mp4": "ex/one.mp4"}
     assert (tmp_path / "ex/one.png").stat().st_size > 0 and (tmp_path / "ex/one.mp4").stat().st_size > 0
+
+
+class _RenamedAttentionHead(torch.nn.Module):
+    """A head from outside TCP: GCP pooling after TSA and TCA kept under its own attribute names;
+    ``explain_modules`` is the only way explain can find them."""
+
+    def __init__(self, gcp: torch.nn.Module, seed: int = 0) -> None:
+        from tcpnet.heads.attention import TCA, TSA
+
+        super().__init__()
+        self.gcp = gcp
+        self.spatial, self.channel = TSA(gcp.dim), TCA(gcp.dim)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():  # non-zero BN so that the attention changes the output
+            self.spatial.norm.weight.copy_(torch.randn(gcp.dim, generator=g))
+
+    def forward(self, x: torch.Tensor, num_segments: int) -> torch.Tensor:
+        z = self.gcp.reduce(x)
+        return self.gcp.pool(self.channel(z, self.spatial(z, num_segments), num_segments), num_segments)
+
+    def explain_modules(self):
+        return {"tsa": self.spatial, "tca": self.channel}
+
+
+def test_explain_reads_the_maps_a_head_declares():
+    """Explain hooks what ``head.explain_modules()`` returns, whatever the attribute names: a
+    GCP-based head with TSA/TCA as ``spatial``/``channel`` gets TSA and TCA maps equal to the
+    modules' own attention; a TCP head that declares nothing gets none (and the same logits)."""
+    model = make_model("gcp_tiny")
+    model.head = _RenamedAttentionHead(model.head).eval()
+    x = clips_for(model, 2, seed=4)
+    with torch.no_grad():
+        z = model.head.gcp.reduce(model.backbone(model.frames(x)))
+        received = model.head.spatial.affinity(z, T).mean(1).view(2, T, *z.shape[2:])
+        tsa = received / received.flatten(1).amax(1).view(2, 1, 1, 1)
+        tca = model.head.channel(z, torch.ones_like(z), T)[:, :, 0, 0].mean(1).view(2, T)
+    e = explain_clip(model, x)
+    torch.testing.assert_close(e.tsa, tsa, rtol=0, atol=1e-6)
+    torch.testing.assert_close(e.tca, tca, rtol=0, atol=1e-6)
+
+    tcp = make_model("tcp_tiny")
+    declared = explain_clip(tcp, x)
+    assert set(tcp.head.explain_modules()) == {"tsa", "tca"} and declared.tsa is not None
+    tcp.head.explain_modules = lambda: {}
+    silent = explain_clip(tcp, x)
+    assert silent.tsa is None and silent.tca is None
+    torch.testing.assert_close(silent.logits, declared.logits, rtol=0, atol=0)
+
+
+def test_explain_names_no_head_attribute():
+    """apps/explain.py reads attention only through ``explain_modules``: no TCP attribute name in it."""
+    import ast
+    import tcpnet.apps.explain as module
+
+    tree = ast.parse(open(module.__file__).read())
+    names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    names |= {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    assert not names & {"TCP_att", "TSA", "TCA"}

@@ -101,3 +101,99 @@ def test_sigmoid_fusion_matches_a_hand_computed_map():
     assert torch.allclose(fuse_views(logits, "mean-sigmoid"), torch.sigmoid(logits).mean(1))
     softmax_map = mean_average_precision(fuse_views(logits, "max-prob"), targets)
     assert softmax_map != pytest.approx(by_hand)
+
+
+@pytest.mark.parametrize("positives, scores, expected", [
+    # every score tied: one threshold, precision 2/4 at recall 1 (ranking by index gave (1 + 2/3) / 2)
+    ([1, 0, 1, 0], [0.5, 0.5, 0.5, 0.5], 0.5),
+    # two tied pairs: thresholds 0.9 (1 of 2 positive, recall 1/2) and 0.3 (2 of 4, recall 1)
+    ([0, 1, 1, 0], [0.9, 0.9, 0.3, 0.3], 0.5 * 0.5 + 0.5 * 0.5),
+    # three tied at 0.8 (1 of 3, recall 1/2), then 0.1 (2 of 4, recall 1)
+    ([1, 0, 0, 1], [0.8, 0.8, 0.8, 0.1], 0.5 / 3 + 0.5 * 0.5),
+])
+def test_average_precision_counts_tied_scores_as_one_threshold(positives, scores, expected):
+    ap = average_precision(torch.tensor(scores), torch.tensor(positives))
+    assert ap == pytest.approx(expected, abs=1e-12)
+    # the order of tied videos does not change the AP
+    assert average_precision(torch.tensor(scores).flip(0), torch.tensor(positives).flip(0)) == pytest.approx(ap)
+
+
+def test_mean_average_precision_matches_sklearn_on_quantised_scores():
+    """Expected values computed once with scikit-learn 1.9.1, ``average_precision_score(targets[:, k],
+    scores[:, k])`` per class (sklearn is not a test dependency); scores quantised to quarters, so
+    many videos tie. Tolerance 1e-12: both sum the same few float64 products."""
+    scores = torch.tensor([[0.5, 0.5, 0.5], [0.25, 1.0, 0.25], [0.75, 0.25, 0.5], [1.0, 0.0, 0.75],
+                           [0.5, 0.75, 0.75], [0.25, 0.75, 0.75], [0.5, 0.0, 0.75], [0.0, 1.0, 1.0],
+                           [1.0, 0.0, 1.0], [1.0, 0.5, 1.0], [0.75, 0.75, 0.0], [0.0, 0.25, 0.25]])
+    targets = torch.tensor([[0, 0, 0], [1, 1, 0], [0, 0, 1], [0, 1, 0], [0, 1, 0], [0, 0, 0], [0, 1, 0],
+                            [1, 1, 0], [1, 0, 0], [0, 1, 1], [0, 0, 1], [0, 0, 0]])
+    sklearn_aps = [0.2611111111111111, 0.6952380952380952, 0.2685185185185185]
+    for k, expected in enumerate(sklearn_aps):
+        assert average_precision(scores[:, k], targets[:, k]) == pytest.approx(expected, abs=1e-12)
+    assert mean_average_precision(scores, targets) == pytest.approx(40.82892416225749, abs=1e-10)
+
+
+def test_one_fusion_check_names_the_choices():
+    from tcpnet.config import FUSIONS
+    from tcpnet.engine.evaluate import check_fusion
+
+    assert [check_fusion(f) for f in FUSIONS] == list(FUSIONS)
+    with pytest.raises(ValueError, match=r"--fusion: expected one of auto, max-prob, .*got 'vote'"):
+        check_fusion("vote", "--fusion")
+
+
+class _Records(torch.utils.data.Dataset):
+    """Six one-view clips whose per-class mean is the logit (see ``_PixelMean``), with record paths."""
+
+    def __init__(self, clips: torch.Tensor) -> None:
+        from tcpnet.data.records import VideoRecord
+        self.clips = clips
+        self.records = [VideoRecord(f"videos/v{i}.mp4", 4, i % 3) for i in range(len(clips))]
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int):
+        return self.clips[i], i % 3
+
+
+class _PixelMean(torch.nn.Module):
+    def forward(self, x):
+        return x.mean(dim=(2, 3, 4))
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
+def test_evaluate_refuses_non_finite_logits_naming_the_videos(bad_value):
+    """A NaN ranked as a hit (class_ranks counts no class above it): top-1 100 with a NaN model.
+    evaluate raises instead, naming exactly the videos whose logits are not finite."""
+    from tcpnet.data.build import IndexedSubset
+    from tcpnet.engine.evaluate import NonFiniteLogitsError
+
+    clips = torch.randn(6, 3, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    clips[1, 0, 0, 0, 0] = bad_value
+    clips[4, 2, 1, 3, 3] = bad_value
+    dataset = _Records(clips)
+    loader = torch.utils.data.DataLoader(IndexedSubset(dataset, range(6)), batch_size=4)
+    with pytest.raises(NonFiniteLogitsError) as e:
+        evaluate(_PixelMean(), loader, device=torch.device("cpu"), fusion="max-prob")
+    assert "for 2 of 6 video(s): videos/v1.mp4, videos/v4.mp4;" in str(e.value)
+    clips[1, 0, 0, 0, 0] = clips[4, 2, 1, 3, 3] = 0.0  # finite again: the same loader evaluates
+    res = evaluate(_PixelMean(), loader, device=torch.device("cpu"), fusion="max-prob")
+    assert res.metrics["num_videos"] == 6
+
+
+def test_the_fusion_choice_is_checked_in_one_place():
+    """Every command and the evaluation loop use check_fusion: no other comparison with FUSIONS
+    in the package (config.py's table of choices validates the config key itself)."""
+    import ast
+    from pathlib import Path
+
+    import tcpnet
+
+    owners = []
+    for path in sorted(Path(tcpnet.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Compare) and any(isinstance(c, ast.Name) and c.id == "FUSIONS"
+                                                     for c in node.comparators):
+                owners.append(path.name)
+    assert owners == ["evaluate.py"]

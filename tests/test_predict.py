@@ -106,3 +106,33 @@ def test_topk_clipped_and_labels(model, clips, tmp_path):
         read_labels(str(tmp_path / "nope.txt"))
     with pytest.raises(ValueError, match="topk"):
         predict_videos(model, [str(clips[0])], topk=0)
+
+
+def test_non_finite_logits_are_an_error_naming_the_video(clips):
+    """A model whose classifier bias is NaN used to print 'nan' probabilities with rc 0."""
+    torch.manual_seed(0)
+    broken = build_model("tcp_tiny", num_classes=5, num_segments=T, dim=16, mid_channels=32).eval()
+    with torch.no_grad():
+        broken.fc.bias[2] = float("nan")
+    preds = predict_videos(broken, [str(c) for c in clips], topk=3)
+    for path, pred in zip(clips, preds):
+        assert pred.topk == [] and pred.error is not None
+        assert pred.error.startswith(f"the model output NaN or infinite logits for 1 of 1 video(s): {path};")
+
+
+def test_predict_and_explain_commands_reuse_freed_memory(model, clips, tmp_path, monkeypatch, capsys):
+    """One forward per video: with glibc's defaults each forward page-faults its freed activations
+    back in (benchmarks/isqrt_warmup.py: ~6k faults per tcp_tsn_r50 forward at 8x112^2, 0 when
+    retained), so both commands keep freed memory, as test and train do."""
+    import tcpnet.utils.malloc as malloc
+    from tcpnet.checkpoints import save_model
+    from tcpnet.cli import main
+
+    calls = []
+    monkeypatch.setattr(malloc, "retain_freed_memory", lambda: calls.append(1) or True)
+    ckpt = save_model(model, tmp_path / "m.pt")
+    assert main(["predict", str(clips[0]), "--checkpoint", str(ckpt), "--device", "cpu"]) == 0
+    assert calls == [1] and capsys.readouterr().out.startswith(str(clips[0]))
+    assert main(["explain", str(clips[0]), "--checkpoint", str(ckpt), "--out", str(tmp_path / "ex"),
+                 "--device", "cpu"]) == 0
+    assert calls == [1, 1] and (tmp_path / "ex/one.png").is_file()

@@ -182,3 +182,77 @@ def test_test_command_writes_the_report(workspace):
     assert proc.stdout.splitlines()[-1] == "report: cli/report.html"
     page = parse(workspace / "cli/report.html")
     assert len(page.h3) == 8 and len(page.images) == 1 + 2 * 8
+
+
+def test_nan_model_is_an_error_in_tcpnet_test(workspace, capsys):
+    """`tcpnet test` of a model whose logits are NaN printed 'top-1 100.00' and exited 0: a NaN
+    outranks no class, so it counted as a hit. Now one error line names the checkpoint and the
+    videos, and no result file is written."""
+    from tcpnet.cli import main
+
+    model = build_model("tcp_tiny", num_classes=4, num_segments=4, dim=16, mid_channels=32)
+    model.input_config = type(model.input_config)(crop_size=48, scale_size=48, num_segments=4)
+    with torch.no_grad():
+        model.fc.bias[1] = float("nan")
+    save_model(model, workspace / "nan.pt", class_names=NAMES)
+    args = [f"data.root={workspace / 'data'}", f"data.val_list={workspace / 'data/val.txt'}",
+            f"data.train_list={workspace / 'data/train.txt'}", f"data.class_names={workspace / 'data/classes.txt'}"]
+    rc = main(["test", str(workspace / "tiny.yaml"), "--checkpoint", str(workspace / "nan.pt"),
+               "--out", str(workspace / "nan_test"), *args])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 1 and not (workspace / "nan_test/metrics.json").exists()
+    errors = [line for line in err if line.startswith("tcpnet: error:")]
+    assert len(errors) == 1
+    first = (workspace / "data/val.txt").read_text().split()[0]
+    assert errors[0].startswith(f"tcpnet: error: {workspace / 'nan.pt'}: the model output NaN or infinite "
+                                f"logits for 8 of 8 video(s): {first}, ")
+
+
+def test_multi_label_report_lists_only_classes_with_positives_by_their_ids(workspace):
+    """Charades-style list without class names in which class 1 has no positive video: the AP
+    table lists the 3 other classes as c000/c002/c003 (not 0/2/3) and says 1 class was left out."""
+    model = build_model("tcp_tiny", num_classes=4, num_segments=4, dim=16, mid_channels=32)
+    model.input_config = type(model.input_config)(crop_size=48, scale_size=48, num_segments=4)
+    save_model(model, workspace / "unnamed.pt")
+    rows = ["id,actions",
+            "videos/val/grow/00000,c2 0.0 1.0;c0 0.2 0.5",
+            "videos/val/shrink/00000,c3 0.0 1.0",
+            "videos/val/move_left/00000,c0 0.0 1.0;c3 0.1 0.4"]
+    (workspace / "no_c1.csv").write_text("\n".join(rows) + "\n")
+    cfg = _cfg(workspace, f"data.test_list={workspace / 'no_c1.csv'}", "data.multi_label=true", "data.class_names=null")
+    result = run_test(cfg, str(workspace / "unnamed.pt"), output_dir=workspace / "no_c1", progress=False)
+    assert result.class_names is None
+    path = write_test_report(result, cfg, worst=1, explain=False)
+    page = parse(path)
+    ap_rows = [r for r in page.rows if len(r) == 4 and r[0] != "class"]
+    assert sorted(r[0] for r in ap_rows) == ["c000", "c002", "c003"]
+    assert [int(r[3]) for r in sorted(ap_rows)] == [2, 1, 2]
+    text = path.read_text(encoding="utf-8")
+    assert "3 classes with a positive video; 1 without one left out (no AP)" in text
+    truth = text.split("<p>true: ")[1].split(" ·")[0]  # the worst video's labels, by their ids too
+    assert truth in ("c000, c002", "c003", "c000, c003")
+
+
+def test_checkpoint_with_fewer_classes_than_the_data_says_what_to_do(workspace):
+    """A 3-class checkpoint tested on the 4-class data: the error names data.class_names and the
+    checkpoint, and says what to do with tcpnet's commands (no strict=False)."""
+    model = build_model("tcp_tiny", num_classes=3, num_segments=4, dim=16, mid_channels=32)
+    save_model(model, workspace / "three.pt")
+    with pytest.raises(ValueError) as err:
+        run_test(_cfg(workspace), str(workspace / "three.pt"), output_dir=workspace / "three", progress=False)
+    ckpt = workspace / "three.pt"
+    assert str(err.value) == (f"{workspace / 'data/classes.txt'} (data.class_names): 4 class names but {ckpt} is a "
+                              f"3-class model; test it on data of its 3 classes, or train a 4-class model from it "
+                              f"(tcpnet train CONFIG model.pretrained={ckpt}: every weight but the classifier is loaded)")
+
+
+def test_one_confusion_matrix_renderer(workspace):
+    """`tcpnet test`'s confusion_matrix.png is the report's figure (viz.confusion_summary), pixel for
+    pixel: there is one renderer of a confusion matrix."""
+    from tcpnet.engine.metrics import confusion_matrix
+    from tcpnet.viz import confusion_summary
+
+    result = run_test(_cfg(workspace), str(workspace / "m.pt"), output_dir=workspace / "cm", progress=False)
+    cm = confusion_matrix(result.targets, result.scores.argmax(1), 4)
+    written = np.asarray(decode_image((workspace / "cm/confusion_matrix.png").read_bytes()).convert("RGB"))
+    np.testing.assert_array_equal(written, confusion_summary(cm, NAMES))

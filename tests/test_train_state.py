@@ -1,8 +1,6 @@
 """The training engine as a state object: TrainState is the one list of what a checkpoint holds,
 statistics are saved by name, and checkpoints written before either still continue exactly."""
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest

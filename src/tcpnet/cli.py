@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 
 __all__ = ["main", "build_parser"]
@@ -122,11 +122,21 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
+def _reuse_freed_memory() -> None:
+    """predict and explain run one forward per video: with glibc's defaults every forward faults
+    its freed activations back in (see benchmarks/isqrt_warmup.py); test and train do the same
+    through the ``retain_freed_memory`` config key."""
+    from tcpnet.utils.malloc import retain_freed_memory
+
+    retain_freed_memory()
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from tcpnet.checkpoints import build_model_from_checkpoint
     from tcpnet.engine.distributed import resolve_device
     from tcpnet.apps.predict import predict_videos, read_labels
 
+    _reuse_freed_memory()
     device = resolve_device(args.device)
     model = build_model_from_checkpoint(args.checkpoint).to(device)
     names = read_labels(args.labels, int(model.num_classes)) if args.labels else None
@@ -154,6 +164,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from tcpnet.apps.explain import explain_videos
     from tcpnet.apps.predict import read_labels
 
+    _reuse_freed_memory()
     model = build_model_from_checkpoint(args.checkpoint).to(resolve_device(args.device))
     names = read_labels(args.labels, int(model.num_classes)) if args.labels else None
     results = explain_videos(model, args.videos, args.out, views=args.views, class_names=names)
@@ -171,9 +182,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from tcpnet.checkpoints import build_model_from_checkpoint
+    from tcpnet.checkpoints import build_model_from_checkpoint, check_not_same_file
     from tcpnet.apps.export import export_model
 
+    check_not_same_file(args.checkpoint, args.output)
     model = build_model_from_checkpoint(args.checkpoint)
     fmt = args.format
     res = export_model(model, args.output, fmt, exporter=args.exporter, opset=args.opset, rtol=args.rtol)
@@ -187,10 +199,10 @@ def cmd_flops(args: argparse.Namespace) -> int:
     from tcpnet.utils.complexity import complexity
 
     model = build_model(args.model, num_classes=args.num_classes, num_segments=args.segments)
-    size = args.size or model.input_config.crop_size
-    c = complexity(model, (1, 3, args.segments, size, size))
-    print(f"{args.model}: {args.segments}x{size}x{size}, {c['params'] / 1e6:.2f} M params, "
-          f"{c['gflops']:.2f} GFLOPs ({c['gmacs']:.2f} GMACs, the unit papers call GFLOPs) per clip")
+    t, size = int(model.num_segments), args.size or model.input_config.crop_size
+    c = complexity(model, (1, 3, t, size, size))
+    print(f"{args.model}: T={t} frames of {size}x{size} (input 1x3x{t}x{size}x{size}), {c['params'] / 1e6:.2f} M "
+          f"params, {c['gflops']:.2f} GFLOPs ({c['gmacs']:.2f} GMACs, the unit papers call GFLOPs) per clip")
     return 0
 
 
@@ -292,30 +304,14 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from tcpnet import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="tcpnet", parents=[_common(False)],
-        description="TCPNet video recognition: train, test, predict, export and tools.",
-        epilog="CONFIG is a YAML file or a shipped config name (e.g. demo/tcp, k400/tcp_tsn_r50_8f); "
-               "key=value arguments override config entries (e.g. train.lr=0.01 data.num_workers=2).")
-    parser.add_argument("--version", action="version", version=f"tcpnet {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    common = [_common(True)]
-
-    def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=common, help=help, description=help)
-        p.set_defaults(func=fn)
-        return p
-
-    p = add("train", cmd_train, "train a model from a config (torchrun-aware)")
+def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", metavar="CONFIG")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH",
                    help="continue from PATH, or (no PATH) from <output_dir>/last.pt")
 
-    p = add("test", cmd_test, "multi-view test of one checkpoint or an ensemble (torchrun-aware)")
+
+def _test_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", metavar="CONFIG")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--checkpoint", metavar="PATH[,PATH2...]",
@@ -326,12 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fusion", choices=FUSIONS,
                    help="how views are combined (default: test.fusion; auto = max-prob, the authors', "
                         "or max-sigmoid for multi-label data)")
-    p.add_argument("--out", metavar="DIR", help="output directory (default <output_dir>/test_<views>)")
+    p.add_argument("--out", metavar="DIR", help="output directory for metrics.json, scores.npz and the "
+                   "confusion matrix (default <output_dir>/test_<views>)")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="autocast for the forward pass")
     p.add_argument("--report", action="store_true",
                    help="also write report.html: metrics, confusions, worst videos with explain sheets")
 
-    p = add("predict", cmd_predict, "top-k classes of video files")
+
+def _predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("videos", nargs="+", metavar="VIDEO")
     p.add_argument("--checkpoint", required=True, metavar="PATH")
     p.add_argument("--labels", metavar="FILE", help="class names, one per line (default: from the checkpoint)")
@@ -342,8 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--device", default="auto")
 
-    p = add("explain", cmd_explain, "what the model looks at: Grad-CAM, TCP attention, frame importance "
-            "(a PNG sheet and an MP4 per video)")
+
+def _explain_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("videos", nargs="+", metavar="VIDEO")
     p.add_argument("--checkpoint", required=True, metavar="PATH")
     p.add_argument("--out", default="explain", metavar="DIR", help="where <video>.png/.mp4 go (default ./explain)")
@@ -353,34 +351,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
     p.add_argument("--device", default="auto")
 
-    p = add("export", cmd_export, "export a model to ONNX or TorchScript (dynamic batch) and verify it")
+
+def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="PATH")
     p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
-    p.add_argument("--output", required=True, metavar="FILE")
+    p.add_argument("--output", required=True, metavar="FILE", help="must not be the checkpoint")
     p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
                    help="ONNX exporter: torch.export-based (default) or the older tracing one")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--rtol", type=float, default=1e-3,
                    help="fail if max|exported - torch| > rtol * max(1, max|torch logits|)")
 
-    p = add("flops", cmd_flops, "parameters and FLOPs of a registered model")
+
+def _flops_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("--segments", type=int, default=8)
+    p.add_argument("--segments", type=int, default=None, help="frames per clip T (default: the model's own T)")
     p.add_argument("--size", type=int, default=None, help="input size (default: the model's crop size)")
     p.add_argument("--num-classes", type=int, default=400)
 
-    p = add("convert", cmd_convert, "convert an authors' (or other) checkpoint to a tcpnet model file")
+
+def _convert_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", metavar="SRC")
-    p.add_argument("dst", metavar="DST", help=".safetensors for a safetensors file, else a torch model file")
-    p.add_argument("--model", required=True, metavar="NAME")
+    p.add_argument("dst", metavar="DST", help=".safetensors for a safetensors file, else a torch model file "
+                   "(must not be SRC)")
+    p.add_argument("--model", metavar="NAME", help="the model of a file that is not ours (e.g. the authors'); "
+                   "a tcpnet file is converted as the model it records")
     p.add_argument("--num-classes", type=int, default=None, help="default: from the classifier weight")
-    p.add_argument("--segments", type=int, default=8)
-    p.add_argument("--classes", metavar="FILE", help="class names to store, one per line")
+    p.add_argument("--segments", type=int, default=None, help="default: the file's T, else the model's own T")
+    p.add_argument("--classes", metavar="FILE", help="class names to store, one per line "
+                   "(default: those the file records)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="build_model override, repeatable (e.g. --set dim=64)")
 
-    p = add("prepare", cmd_prepare, "dataset tools")
-    tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)
+
+def _prepare_media_tools(tools: Any, common: List[argparse.ArgumentParser]) -> None:
+    """``prepare extract-frames`` and ``prepare reencode``."""
     t = tools.add_parser("extract-frames", parents=common, help="videos -> frame folders (img_00001.jpg ...)")
     t.add_argument("video_root")
     t.add_argument("frame_root")
@@ -394,6 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--gop", type=int, default=16)
     t.add_argument("--crf", type=int, default=23)
     t.add_argument("--workers", type=int, default=None)
+
+
+def _prepare_list_tools(tools: Any, common: List[argparse.ArgumentParser]) -> None:
+    """``prepare build-list``, ``prepare mini-k200`` and ``prepare scan``."""
     t = tools.add_parser("build-list", parents=common, help="class-per-folder tree -> list file")
     t.add_argument("root")
     t.add_argument("out")
@@ -414,7 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--full-decode", action="store_true")
     t.add_argument("--workers", type=int, default=1)
 
-    p = add("synth", cmd_synth, "generate the synthetic order-dependent video dataset")
+
+def _prepare_options(p: argparse.ArgumentParser) -> None:
+    tools = p.add_subparsers(dest="tool", metavar="TOOL", required=True)
+    common = [_common(True)]
+    _prepare_media_tools(tools, common)
+    _prepare_list_tools(tools, common)
+
+
+def _synth_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir", metavar="OUT_DIR")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-classes", type=int, default=8)
@@ -425,7 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--overwrite", action="store_true")
 
-    p = add("demo", cmd_demo, "CPU demo: TCP vs GAP on synthetic time-reversal classes")
+
+def _demo_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="applied to both demo configs")
     p.add_argument("--out", default="demo_output", metavar="DIR")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (seconds; accuracies mean nothing)")
@@ -433,8 +451,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers")
 
-    p = add("models", cmd_models, "list registered models")
+
+def _models_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--configs", action="store_true", help="also list the shipped configs")
+
+
+_TEST_FILES = ("Writes into --out: metrics.json (top-1/top-5, mean class accuracy, per-class accuracy, or mAP "
+               "for multi-label data), scores.npz (per-view logits, fused scores, targets, paths, class names; "
+               "re-fuse offline with tcpnet.apps.test.fuse_scores) and, for single-label data, "
+               "confusion_matrix.csv/.png.")
+
+# name, function, one-line help, longer description (None: the help), options
+_COMMANDS: Tuple[Tuple[str, Callable[[argparse.Namespace], int], str, Optional[str],
+                       Callable[[argparse.ArgumentParser], None]], ...] = (
+    ("train", cmd_train, "train a model from a config (torchrun-aware)", None, _train_options),
+    ("test", cmd_test, "multi-view test of one checkpoint or an ensemble (torchrun-aware)",
+     "multi-view test of one checkpoint or an ensemble (torchrun-aware). " + _TEST_FILES, _test_options),
+    ("predict", cmd_predict, "top-k classes of video files", None, _predict_options),
+    ("explain", cmd_explain, "what the model looks at: Grad-CAM, TCP attention, frame importance "
+     "(a PNG sheet and an MP4 per video)", None, _explain_options),
+    ("export", cmd_export, "export a model to ONNX or TorchScript (dynamic batch) and verify it", None,
+     _export_options),
+    ("flops", cmd_flops, "parameters and FLOPs of a registered model at its own T (or --segments)", None,
+     _flops_options),
+    ("convert", cmd_convert, "convert an authors' (or other) checkpoint to a tcpnet model file, or a tcpnet "
+     "file to another format (.pt <-> .safetensors)", None, _convert_options),
+    ("prepare", cmd_prepare, "dataset tools", None, _prepare_options),
+    ("synth", cmd_synth, "generate the synthetic order-dependent video dataset", None, _synth_options),
+    ("demo", cmd_demo, "CPU demo: TCP vs GAP on synthetic time-reversal classes", None, _demo_options),
+    ("models", cmd_models, "list registered models", None, _models_options),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``tcpnet`` parser: global options, then one sub-command per :data:`_COMMANDS` row."""
+    from tcpnet import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="tcpnet", parents=[_common(False)],
+        description="TCPNet video recognition: train, test, predict, export and tools.",
+        epilog="CONFIG is a YAML file or a shipped config name (e.g. demo/tcp, k400/tcp_tsn_r50_8f); "
+               "key=value arguments override config entries (e.g. train.lr=0.01 data.num_workers=2).")
+    parser.add_argument("--version", action="version", version=f"tcpnet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, fn, help_text, description, options in _COMMANDS:
+        p = sub.add_parser(name, parents=[_common(True)], help=help_text, description=description or help_text)
+        p.set_defaults(func=fn)
+        options(p)
     return parser
 
 

@@ -3,9 +3,9 @@ TCP's temporal spatial attention (TSA) and channel attention (TCA) per frame, an
 sampled frame matters; written as a PNG contact sheet and an MP4 with the overlays.
 
 Everything is read from the model's own forward pass through forward hooks: on ``model.backbone``
-(its output maps, and the gradient of the class logit with respect to them), on
-``head.TCP_att.TSA`` and ``head.TCP_att.TCA`` (their inputs, turned into attention with the
-modules' public ``affinity``/``gates`` methods). The explained forward is ``model(x)`` itself,
+(its output maps, and the gradient of the class logit with respect to them), and on the attention
+modules the head names in ``head.explain_modules()`` (for TCP: TSA and TCA; their inputs, turned
+into attention with the modules' ``affinity``/``gates`` methods). The explained forward is ``model(x)`` itself,
 so its logits are the model's.
 
 * **Grad-CAM** (Selvaraju et al. 2017): ``ReLU(sum_c alpha_c A_c)`` over the backbone's last
@@ -187,6 +187,90 @@ def _call_args(args: tuple, kwargs: dict, names: Sequence[str]) -> List[Any]:
     return [args[i] if i < len(args) else kwargs[n] for i, n in enumerate(names)]
 
 
+class _Probe:
+    """Forward hooks that record what explain reads from one forward pass: the backbone's output
+    maps, made the leaf of the gradient (no autograd graph through the backbone), and the inputs
+    of the attention modules the head names in ``explain_modules()``, turned into TSA affinity and
+    TCA gates."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.state: Dict[str, Any] = {}
+        explain_modules = getattr(model.head, "explain_modules", None)
+        modules = explain_modules() if explain_modules is not None else {}
+        self.handles = [model.backbone.register_forward_pre_hook(self._backbone_pre),
+                        model.backbone.register_forward_hook(self._backbone_out)]
+        readers = {"tsa": self._tsa, "tca": self._tca}
+        for key, module in modules.items():
+            if key not in readers:
+                raise ValueError(f"{type(model.head).__name__}.explain_modules(): unknown map {key!r}; "
+                                 f"expected {', '.join(readers)}")
+            self.handles.append(module.register_forward_hook(readers[key], with_kwargs=True))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def _backbone_pre(self, module: nn.Module, args: tuple) -> None:
+        self.state["grad_enabled"] = torch.is_grad_enabled()
+        torch.set_grad_enabled(False)  # no autograd graph through the backbone: the gradient stops at its maps
+
+    def _backbone_out(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        torch.set_grad_enabled(self.state.pop("grad_enabled"))
+        self.state["maps"] = out.detach().requires_grad_(True)
+        return self.state["maps"]
+
+    def _tsa(self, module: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+        z, nseg = _call_args(args, kwargs, ("x", "num_segments"))
+        with torch.no_grad():
+            self.state["affinity"] = module.affinity(z.detach(), nseg)
+
+    def _tca(self, module: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+        z, _, nseg = _call_args(args, kwargs, ("x", "xa", "num_segments"))
+        with torch.no_grad():
+            self.state["gates"] = module.gates(z.detach(), nseg) * 0.5
+
+
+def _forward_with_gradient(model: nn.Module, x: torch.Tensor, activation: str,
+                           target: Union[int, torch.Tensor, None]) -> Dict[str, Any]:
+    """``model(x)`` in eval mode with the probe attached, and the gradient of the target logits
+    with respect to the backbone maps; returns the probe's state plus logits, probs, target, grad."""
+    probe = _Probe(model)
+    grad_enabled = torch.is_grad_enabled()
+    try:
+        with torch.enable_grad():
+            logits = model(x)
+            probs = _activate(logits.detach(), activation)
+            if target is None:
+                tgt = probs.argmax(1)
+            else:
+                tgt = torch.as_tensor(target, dtype=torch.long, device=logits.device).reshape(-1).expand(x.shape[0])
+            score = logits.gather(1, tgt.view(-1, 1)).sum()
+            (grad,) = torch.autograd.grad(score, probe.state["maps"])
+    finally:
+        probe.remove()
+        torch.set_grad_enabled(grad_enabled)
+    return {**probe.state, "logits": logits.detach(), "probs": probs, "target": tgt.detach().clone(), "grad": grad}
+
+
+@torch.no_grad()
+def _heat_maps(seen: Dict[str, Any], v: int, t: int, t_head: int) -> Dict[str, Any]:
+    """Grad-CAM, and the TSA / TCA maps the probe recorded, per sampled frame (see the module doc)."""
+    maps = seen["maps"].detach()
+    c, h, w = maps.shape[1:]
+    alpha = seen["grad"].view(v, t_head, c, h, w).mean(dim=(1, 3, 4))  # (V, C)
+    cam = torch.relu(torch.einsum("vc,vtchw->vthw", alpha, maps.view(v, t_head, c, h, w)))
+    idx = feature_frames(t, t_head)
+    out: Dict[str, Any] = {"gradcam": _scale_to_peak(cam)[:, idx].cpu(), "feature_frames": idx}
+    if "affinity" in seen:
+        received = seen["affinity"].float().mean(1)  # (V*T', L): mean weight each position of frame t gets
+        length = received.shape[-1]  # H*W of the head's maps = the backbone's (1x1 reductions)
+        out["tsa"] = _scale_to_peak(received.view(v, t_head, h, w))[:, idx].cpu()
+        out["tsa_focus"] = (received.amax(-1) * length).view(v, t_head)[:, idx].cpu()
+    if "gates" in seen:
+        out["tca"] = seen["gates"].float().mean(dim=(1, 2, 3)).view(v, t_head)[:, idx].cpu()
+    return out
+
+
 def explain_clip(model: nn.Module, clip: torch.Tensor, *, target: Union[int, torch.Tensor, None] = None,
                  activation: Optional[str] = None, class_names: Optional[Sequence[str]] = None,
                  frames: Optional[np.ndarray] = None) -> Explanation:
@@ -199,86 +283,24 @@ def explain_clip(model: nn.Module, clip: torch.Tensor, *, target: Union[int, tor
     """
     activation = resolve_activation(model, activation)
     x = clip.unsqueeze(0) if clip.dim() == 4 else clip
-    device = next(model.parameters()).device
-    x = x.to(device)
+    x = x.to(next(model.parameters()).device)
     model.check_input(x)
     v, t = int(x.shape[0]), int(x.shape[2])
-    t_head = model.head_segments()
-    att = getattr(model.head, "TCP_att", None)
-    tsa_module, tca_module = getattr(att, "TSA", None), getattr(att, "TCA", None)
-    state: Dict[str, Any] = {}
-
-    def backbone_pre(module: nn.Module, args: tuple) -> None:
-        state["grad_enabled"] = torch.is_grad_enabled()
-        torch.set_grad_enabled(False)  # no autograd graph through the backbone: the gradient stops at its maps
-
-    def backbone_out(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
-        torch.set_grad_enabled(state.pop("grad_enabled"))
-        state["maps"] = out.detach().requires_grad_(True)
-        return state["maps"]
-
-    def tsa_hook(module: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
-        z, nseg = _call_args(args, kwargs, ("x", "num_segments"))
-        with torch.no_grad():
-            state["affinity"] = module.affinity(z.detach(), nseg)
-
-    def tca_hook(module: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
-        z, _, nseg = _call_args(args, kwargs, ("x", "xa", "num_segments"))
-        with torch.no_grad():
-            state["gates"] = module.gates(z.detach(), nseg) * 0.5
-
-    was_training, grad_enabled = model.training, torch.is_grad_enabled()
+    was_training = model.training
     model.eval()
-    handles = [model.backbone.register_forward_pre_hook(backbone_pre),
-               model.backbone.register_forward_hook(backbone_out)]
-    if tsa_module is not None:
-        handles.append(tsa_module.register_forward_hook(tsa_hook, with_kwargs=True))
-    if tca_module is not None:
-        handles.append(tca_module.register_forward_hook(tca_hook, with_kwargs=True))
     try:
-        with torch.enable_grad():
-            logits = model(x)
-            probs = _activate(logits.detach(), activation)
-            if target is None:
-                tgt = probs.argmax(1)
-            else:
-                tgt = torch.as_tensor(target, dtype=torch.long, device=logits.device).reshape(-1).expand(v)
-            score = logits.gather(1, tgt.view(-1, 1)).sum()
-            (grad,) = torch.autograd.grad(score, state["maps"])
-    finally:
-        for h in handles:
-            h.remove()
-        torch.set_grad_enabled(grad_enabled)
-
-    try:
+        seen = _forward_with_gradient(model, x, activation, target)
+        heat = _heat_maps(seen, v, t, model.head_segments())
         with torch.no_grad():
-            maps = state["maps"].detach()
-            c, h, w = maps.shape[1:]
-            alpha = grad.view(v, t_head, c, h, w).mean(dim=(1, 3, 4))  # (V, C)
-            cam = torch.relu(torch.einsum("vc,vtchw->vthw", alpha, maps.view(v, t_head, c, h, w)))
-            idx = feature_frames(t, t_head)
-            gradcam = _scale_to_peak(cam)[:, idx]
-            tsa = tsa_focus = tca = None
-            if "affinity" in state:
-                aff = state["affinity"].float()  # (V*T', L, L)
-                received = aff.mean(1)           # (V*T', L): mean weight each position of frame t gets
-                length = received.shape[-1]  # H*W of the head's maps = the backbone's (1x1 reductions)
-                tsa = _scale_to_peak(received.view(v, t_head, h, w))[:, idx]
-                tsa_focus = (received.amax(-1) * length).view(v, t_head)[:, idx]
-            if "gates" in state:
-                tca = state["gates"].float().mean(dim=(1, 2, 3)).view(v, t_head)[:, idx]
-            importance = _importance(model, x, maps, probs, tgt, activation)
+            importance = _importance(model, x, seen["maps"].detach(), seen["probs"], seen["target"], activation)
     finally:
         model.train(was_training)
-
     names = list(class_names) if class_names is not None else getattr(model, "class_names", None)
     return Explanation(
-        logits=logits.detach(), probs=probs, target=tgt.detach().clone(), gradcam=gradcam.cpu(),
-        importance=importance.cpu(), frames=frames if frames is not None else clip_frames(x, model.input_config),
-        feature_frames=idx, tsa=None if tsa is None else tsa.cpu(),
-        tsa_focus=None if tsa_focus is None else tsa_focus.cpu(), tca=None if tca is None else tca.cpu(),
-        activation=activation, class_names=list(names) if names is not None else None,
-        model_name=getattr(model, "model_name", None))
+        logits=seen["logits"], probs=seen["probs"], target=seen["target"], importance=importance.cpu(),
+        frames=frames if frames is not None else clip_frames(x, model.input_config), activation=activation,
+        class_names=list(names) if names is not None else None, model_name=getattr(model, "model_name", None),
+        **heat)
 
 
 def _importance(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, probs: torch.Tensor,

@@ -6,8 +6,8 @@ softmax per view; several views are fused with the mean of the softmaxes by defa
 probabilities of a video sum to 1 (the authors' max-prob fusion does not give probabilities).
 A model trained on multi-label data scores each class with its own sigmoid (max over views):
 its classes are not exclusive, so their probabilities do not sum to 1.
-A file that cannot be decoded gives a :class:`Prediction` with ``error`` set; the others are
-still predicted.
+A file that cannot be decoded, or for which the model outputs NaN or infinite logits, gives a
+:class:`Prediction` with ``error`` set; the others are still predicted.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tcpnet.engine.evaluate import FUSIONS, autocast_context, fuse_views
+from tcpnet.engine.evaluate import autocast_context, check_fusion, fuse_views, nonfinite_message
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,16 @@ def build_predict_dataset(model: nn.Module, videos: Sequence[str], views: str = 
                                     on_error="raise", min_frames=0)
 
 
+def _probabilities(logits: torch.Tensor, fusion: str) -> torch.Tensor:
+    """(V, K) view logits -> (K,) class probabilities under ``fusion`` (resolved, not ``auto``)."""
+    fused = fuse_views(logits.float().cpu().unsqueeze(0), fusion)[0]
+    if fusion == "mean-logit":
+        return fused.softmax(-1)
+    if fusion == "max-prob":
+        return fused / fused.sum()
+    return fused
+
+
 @torch.no_grad()
 def predict_videos(model: nn.Module, videos: Sequence[str], *, views: str = "1x1", topk: int = 5,
                    class_names: Optional[Sequence[str]] = None, fusion: str = "auto",
@@ -73,9 +83,7 @@ def predict_videos(model: nn.Module, videos: Sequence[str], *, views: str = "1x1
     """
     from tcpnet.data.errors import DecodeError
 
-    if fusion not in FUSIONS:
-        raise ValueError(f"fusion: expected one of {FUSIONS}, got {fusion!r}")
-    if fusion == "auto":
+    if check_fusion(fusion) == "auto":
         fusion = "max-sigmoid" if getattr(model, "multi_label", False) else "mean-prob"
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
@@ -96,15 +104,11 @@ def predict_videos(model: nn.Module, videos: Sequence[str], *, views: str = "1x1
         if clip.dim() == 4:
             clip = clip.unsqueeze(0)  # one view: (1, 3, T, H, W)
         with autocast_context(device, amp):
-            logits = model(clip.to(device))
-        fused = fuse_views(logits.float().cpu().unsqueeze(0), fusion)[0]
-        if fusion == "mean-logit":
-            probs = fused.softmax(-1)
-        elif fusion == "max-prob":
-            probs = fused / fused.sum()
-        else:
-            probs = fused
-        values, indices = torch.sort(probs, descending=True, stable=True)
+            logits = model(clip.to(device)).float().cpu()  # the one copy to the host per video
+        if not bool(torch.isfinite(logits).all()):
+            out.append(Prediction(video=str(video), error=nonfinite_message([str(video)], 1)))
+            continue
+        values, indices = torch.sort(_probabilities(logits, fusion), descending=True, stable=True)
         out.append(Prediction(video=str(video), topk=[
             {"label": int(c), "name": names[int(c)] if names is not None else None, "prob": float(p)}
             for p, c in zip(values[:k], indices[:k])]))

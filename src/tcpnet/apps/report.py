@@ -2,14 +2,16 @@
 with the per-class accuracy sorted, the most-confused class pairs, and the worst-predicted
 videos with thumbnails of their sampled frames and their explain sheets
 (:mod:`tcpnet.apps.explain`). Multi-label data shows the per-class AP instead of accuracy and
-confusions. Images are embedded (base64 PNG/JPEG); no network, no JavaScript.
+confusions, for the classes that have a positive video. Images are embedded (base64 PNG/JPEG); no network, no JavaScript.
 
 :func:`write_test_report` turns a :class:`~tcpnet.apps.test.TestResult` into the page;
-:func:`write_report` does the work from plain arrays, for callers without a test run.
+:func:`write_report` does the work from plain arrays (a :class:`ReportData`), for callers
+without a test run.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
 
@@ -19,7 +21,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_report", "write_test_report", "video_probabilities", "worst_videos", "confused_pairs"]
+__all__ = ["ReportData", "ReportOptions", "write_report", "write_test_report", "video_probabilities", "worst_videos", "confused_pairs"]
 
 ClipLoader = Callable[[int], torch.Tensor]
 
@@ -109,103 +111,153 @@ def _thumbnails(frames: np.ndarray, height: int = 96) -> bytes:
     return to_jpeg(mosaic(small, gap=2))
 
 
-def write_report(path: Union[str, Path], *, metrics: Mapping[str, Any], scores: torch.Tensor,
-                 targets: torch.Tensor, paths: Sequence[str], class_names: Optional[Sequence[str]] = None,
-                 fusion: str = "max-prob", title: str = "Test report", details: Sequence[tuple] = (),
-                 clip_loader: Optional[ClipLoader] = None, model: Optional[nn.Module] = None,
-                 worst: int = 8) -> Path:
-    """Write the report page to ``path`` and return it.
+@dataclass
+class ReportData:
+    """What the page shows: fused ``scores`` (N, K) and ``targets`` ((N,) labels or (N, K)
+    multi-hot) in ``paths`` order, the ``metrics`` of ``metrics.json`` and the fusion behind them."""
 
-    ``scores`` (N, K) fused scores and ``targets`` ((N,) labels or (N, K) multi-hot) in ``paths``
-    order; ``metrics`` as in ``metrics.json``; ``details``: extra (key, value) lines for the header.
-    ``clip_loader(i)``: video i's normalised 1x1-view clip (3, T, H, W); with it the worst videos
-    get thumbnails, and with ``model`` as well their explain sheets.
-    """
+    metrics: Mapping[str, Any]
+    scores: torch.Tensor
+    targets: torch.Tensor
+    paths: Sequence[str]
+    class_names: Optional[Sequence[str]] = None
+    fusion: str = "max-prob"
+
+    @property
+    def multi_label(self) -> bool:
+        return self.targets.dim() == 2
+
+    def names(self) -> List[str]:
+        """Class names, or the default ones (``c000`` ... for multi-label data, else ``0`` ...)."""
+        from tcpnet.apps.test import default_class_names
+
+        k = int(self.scores.shape[1])
+        return list(self.class_names) if self.class_names is not None else default_class_names(k, self.multi_label)
+
+
+@dataclass
+class ReportOptions:
+    """How the page is made: ``details`` are extra (key, value) header lines; ``clip_loader(i)``
+    gives video i's normalised 1x1-view clip (3, T, H, W), with which the ``worst`` videos get
+    thumbnails, and with ``model`` as well their explain sheets."""
+
+    title: str = "Test report"
+    details: Sequence[tuple] = ()
+    clip_loader: Optional[ClipLoader] = None
+    model: Optional[nn.Module] = None
+    worst: int = 8
+
+
+def _confusion_sections(data: ReportData, names: List[str]) -> List[str]:
+    """Single-label: the confusion figure, per-class accuracy worst first, most-confused pairs."""
+    from tcpnet.engine.metrics import confusion_matrix, per_class_accuracy
+    from tcpnet.viz import confusion_summary, to_png
+    from tcpnet.viz.html import bar, image, section, table
+
+    k = len(names)
+    cm = confusion_matrix(data.targets, data.scores.float().argmax(1), k)
+    out = [section("Confusion matrix", image(to_png(confusion_summary(cm, names)),
+                                             "confusion matrix and per-class accuracy"),
+                   "rows: true class, columns: predicted class; colour = fraction of the true class")]
+    rows_n = cm.sum(1)
+    acc = per_class_accuracy(cm)
+    per_class = []
+    for c in sorted(range(k), key=lambda c: (np.nan_to_num(acc[c], nan=2.0), c)):
+        if rows_n[c] == 0:
+            per_class.append((names[c], "-", "", "0", "-"))
+            continue
+        wrong = cm[c].copy()
+        wrong[c] = 0
+        top_wrong = f"{names[int(wrong.argmax())]} ({int(wrong.max())})" if wrong.max() > 0 else "-"
+        per_class.append((names[c], f"{100 * acc[c]:.1f}", bar(acc[c], low=acc[c] < 0.5), str(int(rows_n[c])),
+                          top_wrong))
+    out.append(section("Per-class accuracy", table(["class", "accuracy (%)", "", "videos",
+                                                    "most often predicted instead"], per_class,
+                                                   numeric=(1, 3), bars=(2,)), "worst class first"))
+    pair_rows = [(names[i], names[j], str(c), f"{100 * c / max(rows_n[i], 1):.1f}") for i, j, c in confused_pairs(cm)]
+    out.append(section("Most-confused pairs",
+                       table(["true class", "predicted as", "videos", "% of the true class"], pair_rows,
+                             numeric=(2, 3)) if pair_rows else "<p>No confusions.</p>"))
+    return out
+
+
+def _ap_sections(data: ReportData, names: List[str]) -> List[str]:
+    """Multi-label: per-class AP as bars and a table, worst first, over the classes with a positive
+    video (a class without one has no AP); the note says how many classes were left out."""
+    from tcpnet.engine.metrics import average_precision
+    from tcpnet.viz import sorted_bars, to_png
+    from tcpnet.viz.html import bar, image, section, table
+
+    positives = data.targets.sum(0).long().tolist()
+    shown = [c for c in range(len(names)) if positives[c] > 0]
+    aps = {c: average_precision(data.scores[:, c], data.targets[:, c]) for c in shown}
+    left_out = len(names) - len(shown)
+    note = (f"{len(shown)} classes with a positive video; {left_out} without one left out (no AP)"
+            if left_out else f"all {len(shown)} classes have a positive video")
+    order = sorted(shown, key=lambda c: (aps[c], c))
+    figure = to_png(sorted_bars([100 * aps[c] for c in shown], [names[c] for c in shown], "AP (%)", "per-class AP"))
+    rows = [(names[c], f"{100 * aps[c]:.1f}", bar(aps[c], low=aps[c] < 0.5), str(positives[c])) for c in order]
+    return [section("Per-class average precision", image(figure, "per-class AP"), note),
+            section("Per-class AP table", table(["class", "AP (%)", "", "positive videos"], rows,
+                                                numeric=(1, 3), bars=(2,)), f"worst class first; {note}")]
+
+
+def _worst_card(data: ReportData, options: ReportOptions, names: List[str], probs: torch.Tensor,
+                i: int, rank: int) -> str:
+    """One worst-predicted video: its truth and top-3, thumbnails and (with a model) its explain sheet."""
     from tcpnet.apps.explain import SHEET_COLORS, clip_frames, explain_clip, render_explanation
-    from tcpnet.engine.metrics import average_precision, confusion_matrix
-    from tcpnet.viz import confusion_summary, sorted_bars, to_png
-    from tcpnet.viz.html import bar, escape, image, page, section, table
+    from tcpnet.viz import to_png
+    from tcpnet.viz.html import escape, image
 
-    multi = targets.dim() == 2
-    n, k = scores.shape
-    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
-    probs = video_probabilities(scores, fusion, multi)
-    header = "".join(f"<dt>{escape(str(a))}</dt><dd>{escape(str(b))}</dd>" for a, b in details)
-    body = [f"<h1>{escape(title)}</h1>\n<dl class=\"kv\">{header}</dl>\n",
-            section("Metrics", _metrics_html(metrics))]
-
-    if not multi:
-        cm = confusion_matrix(targets, scores.float().argmax(1), k)
-        body.append(section("Confusion matrix", image(to_png(confusion_summary(cm, names)),
-                                                       "confusion matrix and per-class accuracy"),
-                            "rows: true class, columns: predicted class; colour = fraction of the true class"))
-        rows_n = cm.sum(1)
-        acc = np.where(rows_n > 0, np.diag(cm) / np.maximum(rows_n, 1), np.nan)
-        order = sorted(range(k), key=lambda c: (np.nan_to_num(acc[c], nan=2.0), c))
-        per_class = []
-        for c in order:
-            if rows_n[c] == 0:
-                per_class.append((names[c], "-", "", "0", "-"))
-                continue
-            wrong = cm[c].copy()
-            wrong[c] = 0
-            top_wrong = f"{names[int(wrong.argmax())]} ({int(wrong.max())})" if wrong.max() > 0 else "-"
-            per_class.append((names[c], f"{100 * acc[c]:.1f}", bar(acc[c], low=acc[c] < 0.5), str(int(rows_n[c])),
-                              top_wrong))
-        body.append(section("Per-class accuracy", table(["class", "accuracy (%)", "", "videos",
-                                                         "most often predicted instead"], per_class,
-                                                        numeric=(1, 3), bars=(2,)), "worst class first"))
-        pairs = confused_pairs(cm)
-        pair_rows = [(names[i], names[j], str(c), f"{100 * c / max(rows_n[i], 1):.1f}") for i, j, c in pairs]
-        body.append(section("Most-confused pairs",
-                            table(["true class", "predicted as", "videos", "% of the true class"], pair_rows,
-                                  numeric=(2, 3)) if pair_rows else "<p>No confusions.</p>"))
+    top = torch.sort(probs[i], descending=True, stable=True)
+    predicted = ", ".join(f"{names[int(c)]} {float(p):.3f}" for p, c in zip(top.values[:3], top.indices[:3]))
+    if data.multi_label:
+        truth = f"true: {', '.join(names[c] for c in torch.nonzero(data.targets[i]).flatten().tolist())}"
     else:
-        aps = np.array([average_precision(scores[:, c], targets[:, c]) for c in range(k)])
-        pos = targets.sum(0).long().tolist()
-        body.append(section("Per-class average precision",
-                            image(to_png(sorted_bars(100 * aps, names, "AP (%)", "per-class AP")), "per-class AP"),
-                            "classes without a positive video have no AP (drawn as 0)"))
-        order = sorted(range(k), key=lambda c: (np.nan_to_num(aps[c], nan=2.0), c))
-        rows = [(names[c], "-" if np.isnan(aps[c]) else f"{100 * aps[c]:.1f}",
-                 "" if np.isnan(aps[c]) else bar(aps[c], low=aps[c] < 0.5), str(pos[c])) for c in order]
-        body.append(section("Per-class AP table", table(["class", "AP (%)", "", "positive videos"], rows,
-                                                        numeric=(1, 3), bars=(2,)), "worst class first"))
+        t = int(data.targets[i])
+        truth = f"true: {names[t]} (p = {float(probs[i, t]):.3f})"
+    video = str(data.paths[i])
+    parts = [f"<h3>{rank}. {escape(video)}</h3>", f"<p>{escape(truth)} · predicted: {escape(predicted)}</p>"]
+    if options.clip_loader is None:
+        return "<div class=\"card\">" + "\n".join(parts) + "</div>"
+    clip = options.clip_loader(i)
+    clip = clip.unsqueeze(0) if clip.dim() == 4 else clip[:1]
+    expl = None
+    if options.model is not None:
+        expl = explain_clip(options.model, clip, activation="sigmoid" if data.multi_label else "softmax",
+                            class_names=names)
+        frames = expl.frames[0]
+    else:
+        frames = clip_frames(clip, _input_config(options.clip_loader))[0]
+    parts.append(image(_thumbnails(frames), f"sampled frames of {video}", mime="image/jpeg"))
+    if expl is not None:
+        expl.video = video
+        sheet = to_png(render_explanation(expl), colors=SHEET_COLORS)
+        parts.append("<details><summary>explain sheet (Grad-CAM, attention, frame importance)</summary>"
+                     + image(sheet, f"explain sheet of {video}") + "</details>")
+    return "<div class=\"card\">" + "\n".join(parts) + "</div>"
 
-    cards = []
-    for rank, i in enumerate(worst_videos(probs, targets, worst), 1):
-        top = torch.sort(probs[i], descending=True, stable=True)
-        predicted = ", ".join(f"{names[int(c)]} {float(p):.3f}" for p, c in zip(top.values[:3], top.indices[:3]))
-        if multi:
-            labels = [names[c] for c in torch.nonzero(targets[i]).flatten().tolist()]
-            truth = f"true: {', '.join(labels)}"
-        else:
-            t = int(targets[i])
-            truth = f"true: {names[t]} (p = {float(probs[i, t]):.3f})"
-        parts = [f"<h3>{rank}. {escape(str(paths[i]))}</h3>",
-                 f"<p>{escape(truth)} · predicted: {escape(predicted)}</p>"]
-        if clip_loader is not None:
-            clip = clip_loader(i)
-            clip = clip.unsqueeze(0) if clip.dim() == 4 else clip[:1]
-            if model is not None:
-                expl = explain_clip(model, clip, activation="sigmoid" if multi else "softmax", class_names=names)
-                frames = expl.frames[0]
-            else:
-                frames = clip_frames(clip, _input_config(clip_loader))[0]
-            parts.append(image(_thumbnails(frames), f"sampled frames of {paths[i]}", mime="image/jpeg"))
-            if model is not None:
-                expl.video = str(paths[i])
-                sheet = to_png(render_explanation(expl), colors=SHEET_COLORS)
-                parts.append("<details><summary>explain sheet (Grad-CAM, attention, frame importance)</summary>"
-                             + image(sheet, f"explain sheet of {paths[i]}") + "</details>")
-        cards.append("<div class=\"card\">" + "\n".join(parts) + "</div>")
-    note = ("lowest probability of the true class" if not multi else
+
+def write_report(path: Union[str, Path], data: ReportData, options: Optional[ReportOptions] = None) -> Path:
+    """Write the report page of ``data`` to ``path`` (see :class:`ReportOptions`) and return it."""
+    from tcpnet.viz.html import escape, page, section
+
+    options = options or ReportOptions()
+    names = data.names()
+    probs = video_probabilities(data.scores, data.fusion, data.multi_label)
+    header = "".join(f"<dt>{escape(str(a))}</dt><dd>{escape(str(b))}</dd>" for a, b in options.details)
+    body = [f"<h1>{escape(options.title)}</h1>\n<dl class=\"kv\">{header}</dl>\n",
+            section("Metrics", _metrics_html(data.metrics))]
+    body += _ap_sections(data, names) if data.multi_label else _confusion_sections(data, names)
+    cards = [_worst_card(data, options, names, probs, i, rank)
+             for rank, i in enumerate(worst_videos(probs, data.targets, options.worst), 1)]
+    note = ("lowest probability of the true class" if not data.multi_label else
             "fewest true labels among the top-ranked classes") + "; explain sheets show the top predicted class"
     body.append(section("Worst-predicted videos", "<div class=\"cards\">\n" + "\n".join(cards) + "\n</div>"
                         if cards else "<p>No videos.</p>", note))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page(title, "\n".join(body)), encoding="utf-8")
+    out.write_text(page(options.title, "\n".join(body)), encoding="utf-8")
     return out
 
 
@@ -258,9 +310,10 @@ def write_test_report(result: Any, cfg: Any, *, path: Union[str, Path, None] = N
     if len(checkpoints) > 1:
         details.append(("explained with", checkpoints[0]))
     title = f"Test report: {model.model_name or Path(checkpoints[0]).stem}"
-    out = write_report(path, metrics=m, scores=result.scores, targets=result.targets, paths=result.paths,
-                       class_names=result.class_names, fusion=m.get("fusion", "max-prob"), title=title,
-                       details=details, clip_loader=_DatasetClips(dataset), model=model if explain else None,
-                       worst=worst)
+    data = ReportData(metrics=m, scores=result.scores, targets=result.targets, paths=result.paths,
+                      class_names=result.class_names, fusion=m.get("fusion", "max-prob"))
+    options = ReportOptions(title=title, details=details, clip_loader=_DatasetClips(dataset),
+                            model=model if explain else None, worst=worst)
+    out = write_report(path, data, options)
     logger.info("wrote %s", out)
     return out

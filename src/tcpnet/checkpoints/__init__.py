@@ -6,7 +6,7 @@ a checkpoint that needs arbitrary unpickling is refused instead of executed.
 from __future__ import annotations
 
 from .convert import convert_state_dict, map_old_keys, old_key_candidates
-from .io import CheckpointError, export_safetensors, read_file, save_model
+from .io import CheckpointError, check_not_same_file, export_safetensors, read_file, save_model
 from .load import (
     LoadReport,
     build_model_from_checkpoint,
@@ -17,6 +17,7 @@ from .load import (
 
 __all__ = [
     "CheckpointError",
+    "check_not_same_file",
     "LoadReport",
     "build_model_from_checkpoint",
     "convert_checkpoint",

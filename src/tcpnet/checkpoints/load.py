@@ -18,7 +18,7 @@ from tcpnet.input_config import InputConfig
 from tcpnet.models import build_model, unwrap_model
 
 from .convert import Conversion, convert_state_dict, extract_state_dict, strip_module
-from .io import CheckpointError, PathLike, export_safetensors, read_file, save_model
+from .io import CheckpointError, PathLike, check_not_same_file, export_safetensors, read_file, save_model
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,21 @@ def _model_name(model: nn.Module) -> str:
     return str(getattr(model, "model_name", type(model).__name__))
 
 
+def _mismatch_advice(report: LoadReport, source: str) -> str:
+    """What to do about a file that does not fit the model, in the commands' terms."""
+    fc = [(k, a, b) for k, a, b in report.shape_mismatch if k.startswith("fc.")]
+    only_fc = all(k.startswith("fc.") for k in report.fatal_missing) and not report.unexpected
+    if fc and len(fc) == len(report.shape_mismatch) and only_fc:
+        file_k, model_k = fc[0][1][0], fc[0][2][0]
+        return (f"The file's classifier has {file_k} classes and the model {model_k}. To use the file as it "
+                f"is, keep {file_k} classes (tcpnet convert --num-classes {file_k}; data with {file_k} classes). "
+                f"To train a {model_k}-class model from it, set model.pretrained={source} in the training "
+                "config: every weight but the classifier is loaded and the classifier starts afresh.")
+    return ("Check that the model name, T (--segments / model.num_segments) and the model options "
+            f"(--set / model.kwargs) are the ones it was trained with; to start training from the weights "
+            f"that fit, set model.pretrained={source} in the training config.")
+
+
 def _load(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str, strict: bool) -> LoadReport:
     model = unwrap_model(model)
     conv = convert_state_dict(sd, model.state_dict().keys())
@@ -139,9 +154,8 @@ def _load(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str, strict:
     report, to_load = _plan(model, conv, source)
     report.dropped = dropped
     if strict and not report.ok:
-        raise CheckpointError(f"strict load into {_model_name(model)} failed:\n{report}\n"
-                              "(use strict=False to load what matches, or load_pretrained to "
-                              "start training from partial weights)")
+        raise CheckpointError(f"{source} does not fit {_model_name(model)}:\n{report}\n"
+                              f"{_mismatch_advice(report, source)}")
     _apply(model, to_load, report)
     if report.ok and not report.dropped:
         log.info("loaded %d tensors from %s (%s)", len(report.loaded), source, report.converted_from)
@@ -204,13 +218,9 @@ def _model_info(obj: Any, source: str) -> Mapping[str, Any]:
         "convert an authors' file with tcpnet.checkpoints.convert_checkpoint")
 
 
-def build_model_from_checkpoint(path: PathLike, strict: bool = True) -> nn.Module:
-    """Rebuild the model recorded in a tcpnet model/training file (or .safetensors) and load it.
-
-    The model is returned in eval mode with ``class_names`` (list or ``None``) and
-    ``multi_label`` (whether it was trained on multi-label data) attached.
-    """
-    obj, source = _read(path)
+def _rebuild(obj: Any, source: str, strict: bool = True) -> Tuple[nn.Module, LoadReport]:
+    """The model a tcpnet model/training file records, with its weights, trained input config,
+    ``class_names`` and ``multi_label`` attached, in eval mode; and the load's report."""
     info = _model_info(obj, source)
     kwargs = dict(info.get("model_kwargs") or {})
     kwargs.pop("pretrained", None)  # the file holds the trained weights
@@ -223,15 +233,30 @@ def build_model_from_checkpoint(path: PathLike, strict: bool = True) -> nn.Modul
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{source}: cannot rebuild model {info['model_name']!r} with "
                               f"{kwargs}: {e}") from e
-    _load(model, extract_state_dict(obj, source), source, strict)
+    report = _load(model, extract_state_dict(obj, source), source, strict)
     if saved_cfg and hasattr(model, "input_config"):
         if InputConfig.from_dict(saved_cfg) != model.input_config:
             log.debug("%s: saved input_config %s differs from the rebuilt model's %s; using the saved one",
-                        source, saved_cfg, model.input_config.to_dict())
+                      source, saved_cfg, model.input_config.to_dict())
             model.input_config = InputConfig.from_dict(saved_cfg)
     model.class_names = info.get("class_names")
-    model.multi_label = bool(info.get("multi_label", False))  # trained with independent sigmoids (BCE)
-    return model.eval()
+    model.multi_label = bool(info.get("multi_label", obj.get("multi_label", False)))  # trained with BCE
+    return model.eval(), report
+
+
+def build_model_from_checkpoint(path: PathLike, strict: bool = True) -> nn.Module:
+    """Rebuild the model recorded in a tcpnet model/training file (or .safetensors) and load it.
+
+    The model is returned in eval mode with ``class_names`` (list or ``None``) and
+    ``multi_label`` (whether it was trained on multi-label data) attached.
+    """
+    obj, source = _read(path)
+    return _rebuild(obj, source, strict)[0]
+
+
+def _is_model_file(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and ("model_name" in obj or (isinstance(obj.get("model"), Mapping)
+                                                                 and "model_name" in obj["model"]))
 
 
 _CLASSIFIER_KEYS = ("new_fc.weight", "base_model.classifier.weight", "base_model.fc.weight", "fc.weight")
@@ -246,23 +271,48 @@ def _infer_num_classes(sd: Mapping[str, torch.Tensor], source: str) -> int:
                           "to infer num_classes from; pass num_classes")
 
 
-def convert_checkpoint(src: PathLike, dst: PathLike, model_name: str, num_classes: Optional[int] = None,
-                       num_segments: int = 8, class_names: Optional[Sequence[str]] = None,
-                       **overrides: Any) -> LoadReport:
-    """Convert a checkpoint (e.g. the authors' released file) into our model file.
+def _check_same_model(model: nn.Module, source: str, model_name: Optional[str], num_classes: Optional[int],
+                      num_segments: Optional[int], overrides: Mapping[str, Any]) -> None:
+    """A tcpnet file is converted as the model it records: refuse options that would change it."""
+    asked = {"--model": (model_name, model.model_name), "--num-classes": (num_classes, int(model.num_classes)),
+             "--segments": (num_segments, int(model.num_segments))}
+    asked.update({f"--set {k}": (v, model.model_kwargs.get(k)) for k, v in overrides.items()})
+    for option, (wanted, recorded) in asked.items():
+        if wanted is not None and wanted != recorded:
+            raise CheckpointError(f"{option} {wanted}: {source} is a tcpnet model file of {model.model_name} "
+                                  f"with {option.split()[-1].lstrip('-')} = {recorded}; convert keeps the model "
+                                  "it records (leave the option out)")
 
-    ``dst`` ending in ``.safetensors`` gives a safetensors export, anything else our torch
-    format. The load is strict, so a wrong ``model_name``/``num_segments`` fails loudly.
-    ``num_classes`` defaults to the file's classifier size.
+
+def convert_checkpoint(src: PathLike, dst: PathLike, model_name: Optional[str] = None,
+                       num_classes: Optional[int] = None, num_segments: Optional[int] = None,
+                       class_names: Optional[Sequence[str]] = None, **overrides: Any) -> LoadReport:
+    """Convert a checkpoint into our model file: ``dst`` ending in ``.safetensors`` gives a
+    safetensors export, anything else our torch format; ``dst`` must not be ``src``.
+
+    A tcpnet model or training file keeps everything it records (model, T, trained input config,
+    class names, multi_label), so every format of it predicts the same; the options may only
+    restate it, and ``class_names`` replaces the names. Any other file (e.g. the authors'
+    release) needs ``model_name``; ``num_segments`` defaults to the model's own T and
+    ``num_classes`` to the file's classifier size. The load is strict, so a wrong model fails loudly.
     """
+    check_not_same_file(src, dst)
     obj, source = _read(src)
-    sd = extract_state_dict(obj, source)
-    if num_classes is None:
-        num_classes = _infer_num_classes(sd, source)
-    model = build_model(model_name, num_classes=num_classes, num_segments=num_segments, **overrides)
-    report = _load(model, sd, source, strict=True)
-    if os.fspath(dst).endswith(".safetensors"):
-        export_safetensors(model, dst, class_names=class_names)
+    if _is_model_file(obj):
+        model, report = _rebuild(obj, source)
+        _check_same_model(model, source, model_name, num_classes, num_segments, overrides)
     else:
-        save_model(model, dst, class_names=class_names)
+        if model_name is None:
+            raise CheckpointError(f"{source}: not a tcpnet model file, so the model must be named "
+                                  "(tcpnet convert --model NAME; tcpnet models lists them)")
+        sd = extract_state_dict(obj, source)
+        if num_classes is None:
+            num_classes = _infer_num_classes(sd, source)
+        model = build_model(model_name, num_classes=num_classes, num_segments=num_segments, **overrides)
+        report = _load(model, sd, source, strict=True)
+    names = class_names if class_names is not None else getattr(model, "class_names", None)
+    if os.fspath(dst).endswith(".safetensors"):
+        export_safetensors(model, dst, class_names=names)
+    else:
+        save_model(model, dst, class_names=names)
     return report

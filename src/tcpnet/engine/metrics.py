@@ -1,8 +1,9 @@
 """Classification metrics on fused scores: top-k, confusion matrix, mean class accuracy, mAP.
 
-Ties are broken deterministically everywhere: classes are ranked by descending score and,
+Ties among classes are broken deterministically: classes are ranked by descending score and,
 among equal scores, by ascending class index (a stable sort). So top-1 agrees with
-``argmax`` (which returns the first maximum) and with the confusion matrix.
+``argmax`` (which returns the first maximum) and with the confusion matrix. Ties among videos
+in average precision are one threshold, as in scikit-learn.
 """
 from __future__ import annotations
 
@@ -63,20 +64,24 @@ def mean_class_accuracy(cm: np.ndarray) -> float:
 
 
 def average_precision(scores: torch.Tensor, positives: torch.Tensor) -> float:
-    """AP of one class: mean over positives of precision at their rank (NaN if no positive).
+    """AP of one class, scikit-learn's ``average_precision_score``: ``sum_n (R_n - R_{n-1}) P_n``
+    over the distinct scores as thresholds (NaN if no positive).
 
-    Videos are ranked by descending score, ties by ascending video index; equals scikit-learn's
-    ``average_precision_score`` when there are no ties.
-    """
-    s = scores.double().cpu()
-    y = positives.bool().cpu()
+    Videos with tied scores pass a threshold together, so their order never matters (ranking them
+    by index would reward a list that happens to put positives first)."""
+    s = scores.double().cpu().reshape(-1)
+    y = positives.bool().cpu().reshape(-1)
     n_pos = int(y.sum())
     if n_pos == 0:
         return float("nan")
-    order = torch.sort(-s, stable=True).indices
-    hits = y[order].double()
-    precision_at = hits.cumsum(0) / torch.arange(1, len(hits) + 1, dtype=torch.float64)
-    return float((precision_at * hits).sum() / n_pos)
+    s, order = torch.sort(s, descending=True, stable=True)
+    tp = y[order].double().cumsum(0)
+    last = torch.ones(len(s), dtype=torch.bool)  # last video of each group of equal scores
+    last[:-1] = s[1:] != s[:-1]
+    tp_at = tp[last]
+    precision = tp_at / (torch.nonzero(last).flatten() + 1).double()
+    recall_gain = torch.diff(tp_at, prepend=tp_at.new_zeros(1)) / n_pos
+    return float((precision * recall_gain).sum())
 
 
 def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:

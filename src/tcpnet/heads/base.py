@@ -6,7 +6,7 @@ unless its weights depend on T; such a head says so with ``fixed_num_segments``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -56,3 +56,14 @@ class Head(nn.Module):
         train like the backbone's). ``pretrained_dim``: the reduction width of the weights it
         starts from, when that differs from its own a head may retrain the layers that changed."""
         return []
+
+    def explain_modules(self) -> Dict[str, nn.Module]:
+        """The sub-modules whose attention ``tcpnet explain`` shows, by the map they feed (default:
+        none), so that explain never names a head's attributes. Keys and the contract of each:
+
+        * ``"tsa"``: spatial attention called as ``(x, num_segments)`` on (N*T, d, H, W) with a method
+          ``affinity(x, num_segments)`` -> (N*T, L, L) softmax weights, L = H*W, rows summing to 1;
+        * ``"tca"``: channel attention called as ``(x, xa, num_segments)`` with a method
+          ``gates(x, num_segments)`` -> (N*T, d, 1, 1), twice the per-channel scale it applies.
+        """
+        return {}

@@ -2,7 +2,7 @@
 and temporal covariance pooling with the Newton-Schulz matrix square root."""
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
@@ -82,6 +82,13 @@ class TCPHead(GCPHead):
     def fixed_num_segments(self) -> Optional[int]:
         att = self.TCP_att
         return self._num_segments if isinstance(att, TemporalAttention) and att.conv_1d is not None else None
+
+    def explain_modules(self) -> Dict[str, nn.Module]:
+        """TSA (``"tsa"``) and TCA (``"tca"``) of ``TCP_att``, those that are switched on."""
+        att = self.TCP_att
+        if not isinstance(att, TemporalAttention):
+            return {}
+        return {key: module for key, module in (("tsa", att.TSA), ("tca", att.TCA)) if module is not None}
 
     def reset_parameters(self) -> None:
         """Published init: reductions Kaiming(fan_out) with BN 1/0, then the attention module's

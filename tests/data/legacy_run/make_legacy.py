@@ -1,6 +1,6 @@
 """Made with tcpnet at commit e402db3 (the engine before TrainState): a tiny run's mid-epoch
 training checkpoint (positional 'epoch_sums') and the weights of the same run uninterrupted."""
-import os, shutil, signal, subprocess, sys, time, json
+import os, signal, subprocess, sys, time, json
 from pathlib import Path
 import torch
 out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
