@@ -210,3 +210,28 @@ def test_paths_that_only_moved_do_not_block_a_resume(data, tmp_path, monkeypatch
     res = train(_cfg(rel, moved, "train.epochs=2", f"data.train_list={rel}/train.txt",
                      f"data.val_list={rel}/val.txt"))
     assert res["resumed_from"] == str(moved / "last.pt") and res["final"]["epoch"] == 1
+
+
+def test_a_failed_best_repair_names_best_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    """Full disk while best.pt is restored from last.pt: the error names best.pt (not last.pt), the
+    old best.pt stays, and no temporary file is left behind."""
+    import errno
+
+    from tcpnet.engine import checkpoint as ckpt_io
+
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"epoch": 2, "iter": 0, "best_epoch": 1}, out / "last.pt")
+    torch.save({"epoch": 1}, out / "best.pt")
+    old = (out / "best.pt").read_bytes()
+
+    def full_disk(src, dst):
+        Path(dst).write_bytes(b"half")  # a partial copy, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt_io.shutil, "copyfile", full_disk)
+    with pytest.raises(CheckpointError, match=r"best\.pt: could not restore it from last\.pt \(No space left "
+                                              r"on device\); the old best\.pt is intact"):
+        ckpt_io.repair_best(out, torch.load(out / "last.pt", weights_only=True))
+    assert (out / "best.pt").read_bytes() == old
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt"]
