@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -19,6 +19,7 @@ from tcpnet.models import build_model, unwrap_model
 
 from .convert import Conversion, convert_state_dict, extract_state_dict, strip_module
 from .io import CheckpointError, PathLike, check_not_same_file, export_safetensors, read_file, save_model
+from .videomae import convert_videomae, is_videomae
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +143,18 @@ def _mismatch_advice(report: LoadReport, source: str) -> str:
             f"that fit, set model.pretrained={source} in the training config.")
 
 
+def _convert(sd: Mapping[str, torch.Tensor], model_keys: Iterable[str]) -> Tuple[Conversion, List[Tuple[str, str]]]:
+    """``sd`` renamed to our keys, and the file keys a layout rule drops (``(key, why)``):
+    official VideoMAE files have their own map, every other layout is convert.py's."""
+    if is_videomae(sd):
+        return convert_videomae(sd, model_keys)
+    return convert_state_dict(sd, model_keys), []
+
+
 def _load(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str, strict: bool) -> LoadReport:
     model = unwrap_model(model)
-    conv = convert_state_dict(sd, model.state_dict().keys())
+    conv, dropped = _convert(sd, model.state_dict().keys())
     model_state = model.state_dict()
-    dropped: List[Tuple[str, str]] = []
     if conv.pretraining_classifier:  # an ImageNet fc only fits a model with the same classes
         fc = [k for k in conv.state if k.startswith("fc.")]
         if any(k not in model_state or conv.state[k].shape != model_state[k].shape for k in fc):
@@ -165,7 +173,8 @@ def _load(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str, strict:
 
 
 def load_checkpoint(model: nn.Module, path_or_state_dict: Source, strict: bool = True) -> LoadReport:
-    """Load a complete model's weights in any accepted layout (authors', ours, torchvision).
+    """Load a complete model's weights in any accepted layout (authors', ours, torchvision,
+    VideoMAE's official fine-tuned files into the matching ``videomae_vit_*`` model).
 
     ``strict=True`` raises :class:`CheckpointError` naming every missing / unexpected /
     shape-mismatched key before anything is copied; ``strict=False`` loads what matches.
@@ -178,7 +187,8 @@ def load_pretrained(model: nn.Module, path: Source) -> LoadReport:
     """Initialise ``model`` from pretraining weights: load what fits, report the rest.
 
     Accepts ImageNet GCP files (ResNet-50 and TEA/R152 layouts), torchvision state dicts, the
-    authors' TCP checkpoints, torchvision video ResNets and our files. The classifier is always
+    authors' TCP checkpoints, torchvision video ResNets, VideoMAE's official fine-tuned and
+    pre-training files (:mod:`.videomae`) and our files. The classifier is always
     dropped (new task, fresh ``fc``, as the authors' fine-tuning does). If the head's second
     reduction does not fit (TCP_dim != pretrained dim), ``layer_reduce2``/``layer_reduce_bn2``
     keep their initialisation.
@@ -187,8 +197,7 @@ def load_pretrained(model: nn.Module, path: Source) -> LoadReport:
     sd = extract_state_dict(obj, source)
     model = unwrap_model(model)
     model_state = model.state_dict()
-    conv = convert_state_dict(sd, model_state.keys())
-    dropped: List[Tuple[str, str]] = []
+    conv, dropped = _convert(sd, model_state.keys())
     fc = [k for k in conv.state if k.startswith("fc.")]
     _drop(conv, fc, "classifier of the pretraining task; the new task trains a fresh fc", dropped)
     reduce2 = [k for k in conv.state
