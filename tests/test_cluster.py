@@ -415,13 +415,17 @@ def test_each_elastic_attempt_has_its_own_store_keys(monkeypatch):
 
 
 HOOKED = ("train.ema_decay=0.8", "train.log_grad_norm=true", "train.mixup_alpha=0.4", "train.label_smoothing=0.1")
+PROBE = ("train.ema_decay=0.8", "train.log_grad_norm=true", "train.freeze_backbone=true", "train.layer_decay=0.8")
+DECAY = ("train.ema_decay=0.8", "train.log_grad_norm=true", "train.layer_decay=0.8")
 
 
-@pytest.mark.parametrize("nproc", [1, 2])
-def test_sigkill_with_ema_grad_norm_and_mixup_then_resume_is_exact(tiny_data, script, tmp_path, nproc):
-    """The hooks keep the guarantee: with EMA, gradient-norm logging, mixup and label smoothing on,
-    a run SIGKILLed inside epoch 2 and resumed ends with the uninterrupted run's weights and EMA
-    (1e-6), and logs the same gradient norms."""
+@pytest.mark.parametrize("nproc,extra", [(1, HOOKED), (2, HOOKED), (1, PROBE), (2, DECAY)],
+                         ids=["hooks-1p", "hooks-2p", "frozen-backbone-1p", "layer-decay-2p"])
+def test_sigkill_with_ema_grad_norm_and_mixup_then_resume_is_exact(tiny_data, script, tmp_path, nproc, extra):
+    """The hooks keep the guarantee: with EMA, gradient-norm logging, mixup and label smoothing on
+    (or a frozen backbone, or layer-wise lr decay), a run SIGKILLed inside epoch 2 and resumed
+    ends with the uninterrupted run's weights and EMA (1e-6), and logs the same gradient norms."""
+    HOOKED = extra  # noqa: N806 - the settings of this case
     launch = ([sys.executable, str(script)] if nproc == 1
               else _torchrun("--standalone", f"--nproc_per_node={nproc}", str(script)))
     ref, out = tmp_path / "ref", tmp_path / "cut"
@@ -437,3 +441,6 @@ def test_sigkill_with_ema_grad_norm_and_mixup_then_resume_is_exact(tiny_data, sc
     assert max((ema_ref[k].double() - ema_cut[k].double()).abs().max().item() for k in ema_ref) <= 1e-6
     norms = [[r["grad_norm"] for r in _records(d)] for d in (ref, out)]
     assert len(norms[0]) == 8 and norms[1] == pytest.approx(norms[0], rel=1e-6)
+    groups = [g["name"] for g in _records(ref, "start")[0]["groups"]]
+    layered = "train.layer_decay=0.8" in extra and "train.freeze_backbone=true" not in extra  # frozen: no groups
+    assert any("@layer" in g for g in groups) == layered

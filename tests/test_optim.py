@@ -117,8 +117,9 @@ def test_parameters_of_non_leaf_modules_are_grouped():
     assert grouped["head.mha.in_proj_weight"] == "normal_weight"
     assert grouped["head.mha.in_proj_bias"] == "normal_bias"
     assert grouped["head.mha.out_proj.weight"] == "normal_weight"
-    assert grouped["backbone.cls_token"] == "normal_weight"
-    assert grouped["backbone.pos_embed"] == "normal_weight"
+    # position tables and tokens: grouped (every parameter is), and never weight-decayed
+    assert grouped["backbone.cls_token"] == "pos_embed" and groups["pos_embed"]["decay_mult"] == 0.0
+    assert grouped["backbone.pos_embed"] == "pos_embed" and groups["pos_embed"]["lr_mult"] == 1.0
     assert set(grouped) == {n for n, _ in m.named_parameters()}
 
 
@@ -180,3 +181,36 @@ def test_adamw_uses_the_same_groups_with_decoupled_decay():
     assert torch.allclose(m.fc.weight, before * (1 - 1e-3 * 5 * 0.05))
     with pytest.raises(ValueError, match="train.optimizer"):
         build_optimizer(m, lr=0.1, name="lamb")
+
+
+def test_layer_decay_splits_the_backbone_groups_by_layer():
+    """train.layer_decay: backbone layer k of L trains at decay^(L-k) x its group's rate; the head
+    and classifier keep theirs; every parameter is still in exactly one group."""
+    m = _tiny()
+    plain = _by_name(build_param_groups(m, lr_x_factor=5))
+    groups = build_param_groups(m, lr_x_factor=5, layer_decay=0.5)
+    by = _by_name(groups)
+    names = {id(p): n for n, p in m.named_parameters()}
+    assert [names[id(p)] for p in by["first_conv_weight@layer0"]["params"]] == ["backbone.conv1.weight"]
+    assert by["first_conv_weight@layer0"]["lr_mult"] == pytest.approx(0.5 ** 5)   # L = 5 (stem + 4 stages)
+    assert by["normal_weight@layer4"]["lr_mult"] == pytest.approx(0.5)
+    assert by["BN scale/shift@layer2"]["lr_mult"] == pytest.approx(0.5 ** 3) and by["BN scale/shift@layer2"]["decay_mult"] == 0
+    assert by["TCP_weight"]["lr_mult"] == plain["TCP_weight"]["lr_mult"] == 5.0      # the head's own groups
+    assert by["lr5_weight"]["params"] == plain["lr5_weight"]["params"]
+    assert {names[id(p)] for p in by["normal_weight"]["params"]} == {
+        n for n in (names[id(p)] for p in plain["normal_weight"]["params"]) if not n.startswith("backbone.")}
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(m.parameters()))
+    r2p1 = build_model("r2plus1d_r18", num_classes=3, num_segments=4)
+    with pytest.raises(ValueError, match="R2Plus1D declares no layers"):
+        build_param_groups(r2p1, layer_decay=0.5)
+
+
+def test_a_frozen_backbone_is_in_no_group_and_stays_in_eval_mode():
+    m = _tiny().freeze_backbone()
+    m.train()
+    assert m.training and not m.backbone.training and all(not b.training for b in m.backbone.modules())
+    groups = build_param_groups(m)
+    grouped = {id(p) for g in groups for p in g["params"]}
+    assert not any(id(p) in grouped for p in m.backbone.parameters())
+    assert all(id(p) in grouped for n, p in m.named_parameters() if not n.startswith("backbone."))

@@ -235,3 +235,21 @@ def test_a_failed_best_repair_names_best_and_leaves_no_partial_file(tmp_path, mo
         ckpt_io.repair_best(out, torch.load(out / "last.pt", weights_only=True))
     assert (out / "best.pt").read_bytes() == old
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_frozen_backbone_probing_trains_only_the_head(data, tmp_path):
+    """train.freeze_backbone: the backbone's weights and BatchNorm statistics end as they began,
+    the head and classifier learn, and the optimizer holds no backbone parameter."""
+    out = tmp_path / "run"
+    torch.manual_seed(1)
+    before = build_model("tcp_tiny", num_classes=2, num_segments=4, dim=8, mid_channels=16).state_dict()
+    res = train(_cfg(data, out, "train.freeze_backbone=true", "train.epochs=2"))
+    after = res["model"].state_dict()
+    backbone = [k for k in before if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(before[k], after[k]) for k in backbone)  # BN buffers included
+    assert not torch.equal(before["fc.weight"], after["fc.weight"])
+    assert not torch.equal(before["head.layer_reduce1.weight"], after["head.layer_reduce1.weight"])
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    in_optimizer = sum(len(g["params"]) for g in ckpt["optimizer"]["param_groups"])
+    assert in_optimizer == sum(1 for k in after if k.startswith(("head.", "fc.")) and "running" not in k
+                               and "num_batches" not in k)

@@ -92,6 +92,8 @@ class TrainConfig:
     eval_every: int = 1                 # epochs between validation passes (published: 1)
     max_iters_per_epoch: Optional[int] = None  # cap iterations per epoch (smoke tests, demos)
     checkpoint_every: Optional[str] = None  # also write last.pt inside an epoch: every N iterations ("500") or minutes ("10m")
+    layer_decay: Optional[float] = None  # layer-wise lr decay over the backbone's layers, e.g. 0.75 for ViT-B (null: off)
+    freeze_backbone: bool = False       # probe a frozen backbone: eval mode, no gradient, no optimizer group
     label_smoothing: float = 0.0        # cross-entropy label smoothing in [0, 1) (single-label data)
     log_grad_norm: bool = False         # log the global gradient norm (before clipping) per log interval and epoch
     nonfinite: str = "stop"             # NaN/Inf loss or gradient norm: stop (keep the last good checkpoint) | skip the step
@@ -213,6 +215,7 @@ RANGES: Dict[str, Range] = {
     "train.clip_grad_norm": Range(0.0, 1e6, lo_open=True),  # null, not 0, disables clipping
     "train.accumulate_steps": Range(1, 10_000),
     "train.ema_decay": Range(0.0, 1.0, lo_open=True, hi_open=True),
+    "train.layer_decay": Range(0.0, 1.0, lo_open=True),
     "train.mixup_alpha": Range(0.0, 100.0),
     "train.cutmix_alpha": Range(0.0, 100.0),
     "train.max_consecutive_failures": Range(1, 1_000_000),

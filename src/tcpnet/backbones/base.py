@@ -20,7 +20,7 @@ once, by the Recognizer.
 """
 from __future__ import annotations
 
-from typing import ClassVar, Tuple
+from typing import ClassVar, Dict, Optional, Tuple
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -42,6 +42,11 @@ class VideoBackbone(nn.Module):
     def output_segments(self, num_segments: int) -> int:
         """Frames per clip in the output feature maps for clips of ``num_segments`` frames."""
         return num_segments
+
+    def layer_ids(self) -> Optional[Dict[str, int]]:
+        """For layer-wise learning-rate decay (``train.layer_decay``): each parameter name (relative
+        to the backbone) -> its depth, 0 at the input; None when the backbone declares no layers."""
+        return None
 
 
 class FrameBackbone(VideoBackbone, TemporalModule):

@@ -3,7 +3,7 @@ an optional stride-1 last stage (the TCP zoo's, for larger final maps) and an op
 temporal shift."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Type, Union
+from typing import Dict, List, Optional, Sequence, Type, Union
 
 import torch
 from torch import nn
@@ -156,6 +156,10 @@ class ResNet(FrameBackbone):
                                 downsample if i == 0 else None, shift, self.temporal_shift))
             self.inplanes = planes * block.expansion
         return nn.Sequential(*layers)
+
+    def layer_ids(self) -> Dict[str, int]:
+        """The stem is layer 0 and stage ``layerK`` is layer K (for layer-wise lr decay)."""
+        return {name: int(name[5]) if name.startswith("layer") else 0 for name, _ in self.named_parameters()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N*T, 3, H, W) video-major frames -> (N*T, num_features, H/16, W/16) (last_stride 1)."""

@@ -29,7 +29,7 @@ same numbers when built for that size).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -207,6 +207,12 @@ class VideoMAEViT(VideoBackbone):
             raise ValueError(f"{type(self).__name__}: num_segments={t} must be a positive multiple "
                              f"of the tubelet size {self.tubelet_size}")
         return t // self.tubelet_size
+
+    def layer_ids(self) -> Dict[str, int]:
+        """Layer-wise lr decay as in BEiT/VideoMAE fine-tuning: the patch embedding is layer 0,
+        block i is layer i + 1 (the head and classifier come after, at the full rate)."""
+        return {name: int(name.split(".")[1]) + 1 if name.startswith("blocks.") else 0
+                for name, _ in self.named_parameters()}
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) -> last block's tokens (B, T'*h*w, C), in (t, y, x) order."""

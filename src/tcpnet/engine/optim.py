@@ -15,7 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tcpnet.config import OPTIMIZERS, SCHEDULES
 from tcpnet.heads import ParamGroupSpec
 
-__all__ = ["GROUP_NAMES", "head_families", "build_param_groups", "build_optimizer", "base_lr_at", "set_lr",
+__all__ = ["GROUP_NAMES", "POSITION_GROUP", "head_families", "split_by_layer", "build_param_groups", "build_optimizer", "base_lr_at", "set_lr",
            "group_summary", "left_out_parameters"]
 
 # The authors' groups, in their order; a head's own families (Head.param_groups) go before the
@@ -26,6 +26,9 @@ CLASSIFIER_GROUPS = ("lr5_weight", "lr10_bias")
 # the published TCP model's full list (its head declares the "TCP" family)
 GROUP_NAMES = (*BASE_GROUPS, "TCP_weight", "TCP_bias", "TCP_bn scale/shift", *CLASSIFIER_GROUPS)
 _FAMILY = ("_weight", "_bias", "_bn scale/shift")
+# Learned position tables and tokens: trained at the base rate, never weight-decayed (every ViT/Swin recipe).
+POSITION_GROUP = "pos_embed"
+_POSITION_NAMES = ("pos_embed", "absolute_pos_embed", "relative_position_bias_table", "cls_token", "mask_token")
 
 
 def _multipliers(lr_x_factor: float, families: Sequence[ParamGroupSpec]) -> Dict[str, tuple]:
@@ -33,6 +36,7 @@ def _multipliers(lr_x_factor: float, families: Sequence[ParamGroupSpec]) -> Dict
     (as the authors' TCP_bn group)."""
     x = float(lr_x_factor)
     mult = {
+        POSITION_GROUP: (1.0, 0.0),
         "first_conv_weight": (1.0, 1.0), "first_conv_bias": (2.0, 0.0),
         "normal_weight": (1.0, 1.0), "normal_bias": (2.0, 0.0),
         "BN scale/shift": (1.0, 0.0), "LN scale/shift": (1.0, 0.0),
@@ -75,7 +79,7 @@ _OTHER_NORMS = (nn.LayerNorm, nn.GroupNorm)
 
 
 def build_param_groups(model: nn.Module, *, lr_x_factor: float = 5.0, partial_bn: bool = False,
-                       pretrained_dim: Optional[int] = None) -> List[dict]:
+                       pretrained_dim: Optional[int] = None, layer_decay: Optional[float] = None) -> List[dict]:
     """Split a Recognizer's parameters, one by one, into the authors' 11 groups.
 
     Every module's own parameters (``recurse=False``, leaf or not, so an attention module's
@@ -90,22 +94,31 @@ def build_param_groups(model: nn.Module, *, lr_x_factor: float = 5.0, partial_bn
     differs from its dim, at ``lr_x_factor``) take their modules' parameters. With ``partial_bn`` the
     published recipe puts the BNs outside the attention in no group: the coverage check knows
     those are left out on purpose, and :func:`left_out_parameters` names them for the log.
+    Position tables and class tokens (``pos_embed``, ``relative_position_bias_table``, ...) get no
+    weight decay, in a ``pos_embed`` group present only when a model has them. A frozen backbone
+    (``Recognizer.freeze_backbone``) is in no group. With ``layer_decay`` every group of the
+    backbone is split by the backbone's layers (``VideoBackbone.layer_ids``): layer k of L trains at
+    ``layer_decay ** (L - k)`` times its group's rate, the head and classifier at the full rate.
     Raises ``ValueError`` naming every trainable parameter that is in no group or in two.
     """
     families = head_families(model, pretrained_dim)
     order = [*BASE_GROUPS, *(f.name + suffix for f in families for suffix in _FAMILY), *CLASSIFIER_GROUPS]
     groups: Dict[str, List[nn.Parameter]] = {n: [] for n in order}
     left_out: Set[int] = set()
+    frozen = getattr(getattr(model, "module", model), "backbone_frozen", False)
     for name, m, pname, p, is_first_conv in _own_parameters(model):
         kind = next((f.name for f in families if _under(name, f.modules)), "normal")
-        group = _group_of(m, name, pname, p, kind, is_first_conv, partial_bn)
+        group = None if frozen and _under(name, ["backbone"]) else _group_of(
+            m, name, pname, p, kind, is_first_conv, partial_bn)
         if group is None:
             left_out.add(id(p))
         else:
-            groups[group].append(p)
+            groups.setdefault(group, []).append(p)
     _check_coverage(model, groups, left_out)
     mult = _multipliers(lr_x_factor, families)
-    return [{"params": groups[n], "name": n, "lr_mult": mult[n][0], "decay_mult": mult[n][1]} for n in order]
+    order += [n for n in groups if n not in order]  # the position-table group, when there is one
+    out = [{"params": groups[n], "name": n, "lr_mult": mult[n][0], "decay_mult": mult[n][1]} for n in order]
+    return out if layer_decay is None else split_by_layer(model, out, layer_decay)
 
 
 def _own_parameters(model: nn.Module) -> Iterator[Tuple[str, nn.Module, str, nn.Parameter, bool]]:
@@ -126,6 +139,8 @@ def _group_of(m: nn.Module, name: str, pname: str, p: nn.Parameter, kind: str, i
               partial_bn: bool) -> Optional[str]:
     """The group of one parameter (None: left out on purpose by partial BN)."""
     is_weight = pname == "weight" or (pname != "bias" and p.dim() >= 2)
+    if pname in _POSITION_NAMES:
+        return POSITION_GROUP
     if is_first_conv:
         return "first_conv_weight" if is_weight else "first_conv_bias"
     if name == "fc" and isinstance(m, nn.Linear):
@@ -174,13 +189,13 @@ def left_out_parameters(model: nn.Module, partial_bn: bool) -> List[str]:
 def build_optimizer(model: nn.Module, *, lr: float, name: str = "sgd", momentum: float = 0.9,
                     weight_decay: float = 1e-4, betas: Sequence[float] = (0.9, 0.999),
                     lr_x_factor: float = 5.0, partial_bn: bool = False,
-                    pretrained_dim: Optional[int] = None) -> torch.optim.Optimizer:
+                    pretrained_dim: Optional[int] = None, layer_decay: Optional[float] = None) -> torch.optim.Optimizer:
     """SGD (published: no Nesterov, coupled L2) or AdamW (decoupled decay) over the published
     groups, with each group's lr/decay multipliers already applied."""
     if name not in OPTIMIZERS:
         raise ValueError(f"train.optimizer: expected one of {OPTIMIZERS}, got {name!r}")
     groups = build_param_groups(model, lr_x_factor=lr_x_factor, partial_bn=partial_bn,
-                                pretrained_dim=pretrained_dim)
+                                pretrained_dim=pretrained_dim, layer_decay=layer_decay)
     if name == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum,
                                                      weight_decay=weight_decay)
@@ -242,3 +257,27 @@ def align_saved_groups(saved: Dict, optimizer: torch.optim.Optimizer, source: st
         raise ValueError(f"{source}: its optimizer groups {[g['name'] for g in groups]} do not match this "
                          f"model's {names}; resume with the model and head it was written for")
     return {**saved, "param_groups": kept}
+
+
+def split_by_layer(model: nn.Module, groups: List[dict], decay: float) -> List[dict]:
+    """Layer-wise lr decay: each group's backbone parameters split by the backbone's layer ids
+    (``<group>@layer<k>``, lr_mult x ``decay ** (L - k)``, L = 1 + the deepest id); the head's
+    and classifier's parameters keep their group and rate. A backbone that declares no layers
+    is an error naming it."""
+    bare = getattr(model, "module", model)
+    ids = bare.backbone.layer_ids() if hasattr(bare.backbone, "layer_ids") else None
+    if not ids:
+        raise ValueError(f"train.layer_decay: the backbone {type(bare.backbone).__name__} declares no layers "
+                         "(VideoBackbone.layer_ids); use it without layer_decay")
+    depth = 1 + max(ids.values())
+    layer_of = {id(p): ids[n] for n, p in bare.backbone.named_parameters() if n in ids}
+    out = []
+    for g in groups:
+        rest = [p for p in g["params"] if id(p) not in layer_of]
+        for k in sorted({layer_of[id(p)] for p in g["params"] if id(p) in layer_of}):
+            params = [p for p in g["params"] if layer_of.get(id(p)) == k]
+            out.append({**g, "params": params, "name": f"{g['name']}@layer{k}",
+                        "lr_mult": g["lr_mult"] * decay ** (depth - k)})
+        if rest or not g["params"]:
+            out.append({**g, "params": rest})
+    return out

@@ -239,9 +239,15 @@ def _build_data(run: Run, records: Dict[str, Any], model: nn.Module) -> DataPosi
 
 def _build_state(run: Run, model: nn.Module, position: DataPosition) -> TrainState:
     cfg, tc = run.cfg, run.cfg.train
-    optimizer = build_optimizer(model, lr=tc.lr, name=tc.optimizer, momentum=tc.momentum,
-                                weight_decay=tc.weight_decay, betas=tc.betas, lr_x_factor=tc.lr_x_factor,
-                                partial_bn=cfg.model.partial_bn, pretrained_dim=cfg.model.pretrained_dim)
+    if tc.freeze_backbone:
+        model.freeze_backbone()
+    try:
+        optimizer = build_optimizer(model, lr=tc.lr, name=tc.optimizer, momentum=tc.momentum,
+                                    weight_decay=tc.weight_decay, betas=tc.betas, lr_x_factor=tc.lr_x_factor,
+                                    partial_bn=cfg.model.partial_bn, pretrained_dim=cfg.model.pretrained_dim,
+                                    layer_decay=tc.layer_decay)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     state = TrainState(model=model, optimizer=optimizer,
                        scaler=torch.amp.GradScaler(run.device.type, enabled=(tc.amp == "fp16")),
                        stats=RunningStats(CORE_STATS), ema=build_ema(model, tc.ema_decay) if tc.ema_decay else None,

@@ -82,6 +82,7 @@ class Recognizer(nn.Module):
         self.model_name: Optional[str] = None
         self._model_kwargs: Dict[str, Any] = {}
         self.partial_bn_enabled = partial_bn
+        self.backbone_frozen = False
         self.reset_parameters()
         self.train(self.training)
 
@@ -220,10 +221,21 @@ class Recognizer(nn.Module):
                         p.requires_grad_(True)
         return self.train(self.training)
 
+    def freeze_backbone(self) -> "Recognizer":
+        """Probing a frozen backbone (``train.freeze_backbone``): its parameters get no gradient
+        and it stays in eval mode (BatchNorm statistics and dropout fixed) whatever ``train()``
+        is called with, so only the head and the classifier learn."""
+        self.backbone_frozen = True
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        return self.train(self.training)
+
     def train(self, mode: bool = True) -> "Recognizer":
         super().train(mode)
         if not mode:
             return self
+        if self.backbone_frozen:
+            self.backbone.eval()
         bn_data = getattr(self.backbone, "bn_data", None)
         if isinstance(bn_data, _BatchNorm) and bn_data.weight is not None:
             bn_data.weight.requires_grad_(False)
