@@ -124,7 +124,7 @@ def map_old_keys(keys: Iterable[str], target_keys: Set[str]) -> Tuple[Dict[str, 
 def extract_state_dict(obj: Any, source: str = "<state dict>") -> Dict[str, torch.Tensor]:
     """The tensor mapping inside a loaded file: our model/training files, the authors'
     ``{'state_dict': ...}`` checkpoints, DeepSpeed's ``{'module': ...}`` (VideoMAE's releases),
-    or a plain state dict."""
+    pytorchvideo's ``{'model_state': ...}`` or a plain state dict."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{source}: expected a dict of tensors or a checkpoint dict, "
                               f"got {type(obj).__name__}")
@@ -137,6 +137,8 @@ def extract_state_dict(obj: Any, source: str = "<state dict>") -> Dict[str, torc
             sd = sd["state_dict"]
     elif isinstance(obj.get("module"), Mapping):
         sd = obj["module"]
+    elif isinstance(obj.get("model_state"), Mapping):
+        sd = obj["model_state"]
     bad = [(k, type(v).__name__) for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
         shown = ", ".join(f"{k!r} ({t})" for k, t in bad[:5])
