@@ -19,6 +19,7 @@ from tcpnet.models import build_model, unwrap_model
 
 from .convert import Conversion, convert_state_dict, extract_state_dict, strip_module
 from .io import CheckpointError, PathLike, check_not_same_file, export_safetensors, read_file, save_model
+from .swin3d import convert_swin3d, is_swin3d
 from .videomae import convert_videomae, is_videomae
 from .x3d import convert_x3d, is_x3d
 
@@ -146,11 +147,14 @@ def _mismatch_advice(report: LoadReport, source: str) -> str:
 
 def _convert(sd: Mapping[str, torch.Tensor], model_keys: Iterable[str]) -> Tuple[Conversion, List[Tuple[str, str]]]:
     """``sd`` renamed to our keys, and the file keys a layout rule drops (``(key, why)``):
-    official VideoMAE and pytorchvideo X3D files have their own maps, every other layout is convert.py's."""
+    official VideoMAE, pytorchvideo X3D and Video Swin files have their own maps, every other layout is
+    convert.py's."""
     if is_videomae(sd):
         return convert_videomae(sd, model_keys)
     if is_x3d(sd):
         return convert_x3d(sd, model_keys)
+    if is_swin3d(sd):
+        return convert_swin3d(sd, model_keys)
     return convert_state_dict(sd, model_keys), []
 
 
@@ -178,7 +182,8 @@ def _load(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str, strict:
 def load_checkpoint(model: nn.Module, path_or_state_dict: Source, strict: bool = True) -> LoadReport:
     """Load a complete model's weights in any accepted layout (authors', ours, torchvision,
     VideoMAE's official fine-tuned files into the matching ``videomae_vit_*`` model,
-    pytorchvideo's X3D files into ``x3d_s``/``x3d_m``).
+    pytorchvideo's X3D files into ``x3d_s``/``x3d_m``, mmaction2's and the original repository's
+    Video Swin files into ``swin3d_*``).
 
     ``strict=True`` raises :class:`CheckpointError` naming every missing / unexpected /
     shape-mismatched key before anything is copied; ``strict=False`` loads what matches.
@@ -192,8 +197,9 @@ def load_pretrained(model: nn.Module, path: Source) -> LoadReport:
 
     Accepts ImageNet GCP files (ResNet-50 and TEA/R152 layouts), torchvision state dicts, the
     authors' TCP checkpoints, torchvision video ResNets, VideoMAE's official fine-tuned and
-    pre-training files (:mod:`.videomae`), pytorchvideo's X3D files (:mod:`.x3d`) and our files. The classifier is always
-    dropped (new task, fresh ``fc``, as the authors' fine-tuning does). If the head's second
+    pre-training files (:mod:`.videomae`), pytorchvideo's X3D files (:mod:`.x3d`), Video Swin files
+    (:mod:`.swin3d`) and our files. The classifier is always dropped (new task, fresh ``fc``, as the
+    authors' fine-tuning does). If the head's second
     reduction does not fit (TCP_dim != pretrained dim), ``layer_reduce2``/``layer_reduce_bn2``
     keep their initialisation.
     """
@@ -273,7 +279,8 @@ def _is_model_file(obj: Any) -> bool:
 
 
 _CLASSIFIER_KEYS = ("new_fc.weight", "base_model.classifier.weight", "base_model.fc.weight", "fc.weight",
-                    "blocks.5.proj.weight")  # the last: pytorchvideo X3D
+                    "blocks.5.proj.weight",  # pytorchvideo X3D
+                    "cls_head.fc_cls.weight")  # mmaction2
 
 
 def _infer_num_classes(sd: Mapping[str, torch.Tensor], source: str) -> int:
