@@ -27,7 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from tcpnet.backbones.temporal import TemporalModule
 
-__all__ = ["LAYOUTS", "VideoBackbone", "FrameBackbone", "init_weights"]
+__all__ = ["LAYOUTS", "VideoBackbone", "FrameBackbone", "init_weights", "init_transformer_weights"]
 
 LAYOUTS: Tuple[str, ...] = ("frames", "video")
 
@@ -66,5 +66,19 @@ def init_weights(module: nn.Module) -> None:
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, _BatchNorm) and m.affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def init_transformer_weights(module: nn.Module) -> None:
+    """The ViT/Swin initialisation from scratch: every Linear normal(std 0.02) with zero bias,
+    LayerNorms 1/0 (the official truncated normal cuts at +-2, i.e. 100 std, so it never
+    truncates: the same distribution as ``normal_``, at half the cost)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)

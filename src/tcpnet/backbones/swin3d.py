@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tcpnet.backbones.base import VideoBackbone
+from tcpnet.backbones.base import VideoBackbone, init_transformer_weights
 from tcpnet.backbones.registry import register_backbone
 from tcpnet.backbones.videomae import DropPath, Mlp
 from tcpnet.input_config import InputConfig
@@ -278,15 +278,9 @@ class SwinTransformer3D(VideoBackbone):
         """The official initialisation from scratch: every Linear and the bias tables normal with
         std 0.02 (the official truncation at +-2 is 100 std, so never reached), Linear biases 0,
         LayerNorms 1/0, the patch Conv3d PyTorch's default."""
+        init_transformer_weights(self)
         for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, WindowAttention3D):
+            if isinstance(m, WindowAttention3D):
                 nn.init.normal_(m.relative_position_bias_table, std=0.02)
 
     @property

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tcpnet.backbones.base import VideoBackbone
+from tcpnet.backbones.base import VideoBackbone, init_transformer_weights
 from tcpnet.backbones.registry import register_backbone
 from tcpnet.input_config import InputConfig
 
@@ -191,14 +191,7 @@ class VideoMAEViT(VideoBackbone):
         1/0, the patch Conv3d PyTorch's default, attention biases and gammas as built. (The
         official truncated normal cuts at +-2, i.e. 100 std, so it never truncates: the same
         distribution as ``normal_``, which is twice as fast on ViT-B's 85M weights.)"""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_transformer_weights(self)
 
     def output_segments(self, num_segments: int) -> int:
         """T' = T / tubelet_size (16 -> 8); T must be a multiple of the tubelet."""
