@@ -179,6 +179,9 @@ def test_plugin_as_an_installed_entry_point(plugin_dir, tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(site, plugin_dir))
     assert res.returncode == 0, res.stderr[-2000:]
     assert "plugin=tcpnet_test_plugin" in res.stdout and "PluginNet 6" in res.stdout
+    # every command, not only those that read a config: the plugin's model is known to `flops`
+    flops = _tcpnet("flops", "plugin_net+plugin_max", "--segments", "2", "--size", "32", env=_env(site, plugin_dir))
+    assert flops.returncode == 0 and "plugin_net+plugin_max" in flops.stdout, flops.stderr[-2000:]
 
 
 def test_an_unimportable_module_names_itself_and_the_key():

@@ -532,6 +532,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parse(parser, sys.argv[1:] if argv is None else list(argv))
     setup_logging(getattr(args, "verbose", 0) or 0, getattr(args, "quiet", False))
     try:
+        from tcpnet.utils.plugins import load_entry_points
+
+        load_entry_points()  # installed plugins' models, heads, formats: for every command
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("tcpnet: interrupted", file=sys.stderr)
