@@ -29,7 +29,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import av
 import av.video.reformatter
@@ -499,12 +499,15 @@ class _Reader:
         self.converter = av.video.reformatter.VideoReformatter()  # one swscale context, reused
         self.sws_threads = 1 if threads == 1 else 0
 
-    def store(self, i: int, frame: av.VideoFrame) -> None:
+    def rgb(self, frame: av.VideoFrame) -> np.ndarray:
+        """The decoded frame as uint8 (H, W, 3) RGB in display orientation."""
         if self.turns is None:
             self.turns = self.index.rotation = _quarter_turns(frame, self.path)
         rgb = self.converter.reformat(frame, format="rgb24", threads=self.sws_threads).to_ndarray()
-        if self.turns:
-            rgb = np.rot90(rgb, self.turns)
+        return np.rot90(rgb, self.turns) if self.turns else rgb
+
+    def store(self, i: int, frame: av.VideoFrame) -> None:
+        rgb = self.rgb(frame)
         if self.out is None:
             self.out = np.empty((len(self.wanted),) + rgb.shape, dtype=np.uint8)
         elif rgb.shape != self.out.shape[1:]:
@@ -743,6 +746,51 @@ def read_video(path: PathLike, indices: np.ndarray, *, threads: Optional[int] = 
     if len(wanted) == len(indices) and np.array_equal(wanted, indices):
         return frames
     return frames[inverse]
+
+
+def iter_frames(path: PathLike, wanted: Optional[Iterable[int]] = None, *, threads: Optional[int] = None,
+                timeout: Timeout = None) -> Iterator[Tuple[int, np.ndarray]]:
+    """Frames of a video file in presentation order, decoded once from the start (a long video
+    in one pass, with only the current frame in memory): ``(index, uint8 (H, W, 3))``. With
+    ``wanted`` (sorted indices), only those frames are converted to RGB and yielded, and decoding
+    stops after the last. The frames equal :func:`read_video`'s: counting the decoder's output
+    from the start is its definition. Raises DecodeError / DecodeTimeout naming the file."""
+    path = os.path.abspath(os.fspath(path))
+    budget = Deadline.of(timeout)
+    deadline = _Deadline(path, budget)
+    need = None if wanted is None else iter(wanted)
+    target = -1 if need is None else next(need, None)
+    if target is None:
+        return
+    index = get_index(path, budget)  # cached per process: the caller has usually probed the file
+    reader = _Reader(index, [], _default_threads() if threads is None else threads, deadline)
+    count = 0
+    with _open(path, deadline=deadline) as container:
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        reader.configure(ctx)
+        packets = container.demux(stream)
+        while True:
+            try:
+                packet = next(packets, None)
+            except _AV_ERRORS as err:
+                deadline.check("near frame", count)
+                raise DecodeError(path, f"reading packets failed near frame {count} ({err})") from err
+            if packet is not None and not packet.size:
+                continue
+            for frame in reader.decode(ctx, packet):
+                deadline.check("at frame", count)
+                if target < 0 or count == target:
+                    yield count, reader.rgb(frame)
+                    if need is not None:
+                        target = next(need, None)
+                        if target is None:
+                            return
+                count += 1
+            if packet is None:
+                break
+    if need is not None:
+        raise FrameIndexError(path, target, count)
 
 
 def probe_video(path: PathLike, timeout: Timeout = None) -> VideoInfo:
