@@ -151,3 +151,19 @@ def test_mismatch_after_a_light_open_reprobes_instead_of_falling_back(tmp_path, 
     assert index.reliable and not index.light_probe
     np.testing.assert_array_equal(load_clip(path, [59]).numpy(), ref[[59]])
     assert opened == [True, False, False]  # this file is opened with the full probe from now on
+
+
+@pytest.mark.parametrize("name", ["open_gop.mp4", "open_gop.mkv", "vfr.mp4", "cut.mp4"])
+def test_iter_frames_decodes_once_in_order_and_equals_every_read(streams, name):
+    """iter_frames (timeline/stream: one pass, in order) gives decode-all's frames, all of them
+    or only the wanted ones, and names an index past the end."""
+    path, ref = streams[name]
+    frames = list(video_mod.iter_frames(path))
+    assert [i for i, _ in frames] == list(range(len(ref)))
+    np.testing.assert_array_equal(np.stack([f for _, f in frames]), ref)
+    wanted = [0, 3, 4, 17, len(ref) - 1]
+    got = list(video_mod.iter_frames(path, wanted, threads=1))
+    assert [i for i, _ in got] == wanted
+    np.testing.assert_array_equal(np.stack([f for _, f in got]), load_clip(path, wanted).numpy())
+    with pytest.raises(video_mod.FrameIndexError, match=str(len(ref) + 5)):
+        list(video_mod.iter_frames(path, [len(ref) + 5]))
