@@ -214,3 +214,28 @@ def test_a_frozen_backbone_is_in_no_group_and_stays_in_eval_mode():
     grouped = {id(p) for g in groups for p in g["params"]}
     assert not any(id(p) in grouped for p in m.backbone.parameters())
     assert all(id(p) in grouped for n, p in m.named_parameters() if not n.startswith("backbone."))
+
+
+def test_bias_lr_mult_sets_the_bias_rate_and_rejects_bad_values():
+    """train.bias_lr_mult: published TCP biases train at 2x their weights' rate (the default); the
+    ViT/Swin/X3D recipes at 1x. The head's own families are not affected."""
+    m = _tiny()
+    published = _by_name(build_param_groups(m, lr_x_factor=5))
+    plain = _by_name(build_param_groups(m, lr_x_factor=5, bias_lr_mult=1))
+    assert published["normal_bias"]["lr_mult"] == 2.0 and published["lr10_bias"]["lr_mult"] == 10.0
+    assert plain["normal_bias"]["lr_mult"] == plain["first_conv_bias"]["lr_mult"] == 1.0
+    assert plain["lr10_bias"]["lr_mult"] == plain["lr5_weight"]["lr_mult"] == 5.0
+    assert plain["TCP_bias"]["lr_mult"] == published["TCP_bias"]["lr_mult"] == 5.0
+    for bad in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="train.bias_lr_mult must be a finite number > 0"):
+            build_optimizer(m, lr=0.1, bias_lr_mult=bad)
+
+
+def test_bias_lr_mult_is_a_checked_config_key():
+    from tcpnet.config import ConfigError, load_config
+
+    assert load_config(None).train.bias_lr_mult == 2.0
+    assert load_config(None, ["train.bias_lr_mult=1"]).train.bias_lr_mult == 1.0
+    for bad in ("0", "-2", "nan", "1e9"):
+        with pytest.raises(ConfigError, match=r"train\.bias_lr_mult must be > 0 and <= 100"):
+            load_config(None, [f"train.bias_lr_mult={bad}"])

@@ -78,7 +78,8 @@ class TrainConfig:
     lr_schedule: str = "step"           # step | cos
     lr_steps: List[int] = field(default_factory=lambda: [20, 40])
     warmup_epochs: float = 0.0          # linear warm-up per iteration (0: none, as published)
-    lr_x_factor: float = 5.0            # lr multiplier of TCP attention and fc (bias: 2x this)
+    lr_x_factor: float = 5.0            # lr multiplier of TCP attention and fc (bias: bias_lr_mult x this)
+    bias_lr_mult: float = 2.0           # lr of a conv/linear bias over its weight's (published TCP: 2; ViT/Swin/X3D recipes: 1)
     clip_grad_norm: Optional[float] = 20.0  # published --gd; None disables clipping
     accumulate_steps: int = 1           # optimizer step every n iterations
     amp: str = "none"                   # none | bf16 | fp16 (fp16: CUDA only, with GradScaler)
@@ -212,6 +213,7 @@ RANGES: Dict[str, Range] = {
     "train.lr_steps": Range(1, 100_000, unit="epochs"),
     "train.warmup_epochs": Range(0.0, 10_000.0),
     "train.lr_x_factor": Range(0.0, 1000.0, lo_open=True),
+    "train.bias_lr_mult": Range(0.0, 100.0, lo_open=True),  # 0 would freeze every bias: use a frozen backbone instead
     "train.clip_grad_norm": Range(0.0, 1e6, lo_open=True),  # null, not 0, disables clipping
     "train.accumulate_steps": Range(1, 10_000),
     "train.ema_decay": Range(0.0, 1.0, lo_open=True, hi_open=True),

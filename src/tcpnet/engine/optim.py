@@ -6,7 +6,7 @@ The schedule is a pure function of (epoch, iteration), so resuming needs no sche
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import torch
 from torch import nn
@@ -31,21 +31,31 @@ POSITION_GROUP = "pos_embed"
 _POSITION_NAMES = ("pos_embed", "absolute_pos_embed", "relative_position_bias_table", "cls_token", "mask_token")
 
 
-def _multipliers(lr_x_factor: float, families: Sequence[ParamGroupSpec]) -> Dict[str, tuple]:
+def _multipliers(lr_x_factor: float, families: Sequence[ParamGroupSpec], bias_lr_mult: float = 2.0) -> Dict[str, tuple]:
     """(lr_mult, decay_mult) of every group; a family's bias has no weight decay, its norms do
-    (as the authors' TCP_bn group)."""
-    x = float(lr_x_factor)
+    (as the authors' TCP_bn group). ``bias_lr_mult``: the first conv's, the other convs' and
+    linears' and fc's bias over its weight (published TCP: 2)."""
+    x, b = float(lr_x_factor), _check_bias_lr_mult(bias_lr_mult)
     mult = {
         POSITION_GROUP: (1.0, 0.0),
-        "first_conv_weight": (1.0, 1.0), "first_conv_bias": (2.0, 0.0),
-        "normal_weight": (1.0, 1.0), "normal_bias": (2.0, 0.0),
+        "first_conv_weight": (1.0, 1.0), "first_conv_bias": (b, 0.0),
+        "normal_weight": (1.0, 1.0), "normal_bias": (b, 0.0),
         "BN scale/shift": (1.0, 0.0), "LN scale/shift": (1.0, 0.0),
-        "lr5_weight": (x, 1.0), "lr10_bias": (2.0 * x, 0.0),
+        "lr5_weight": (x, 1.0), "lr10_bias": (b * x, 0.0),
     }
     for f in families:
         lr = x if f.lr_mult is None else float(f.lr_mult)
         mult.update({f.name + "_weight": (lr, 1.0), f.name + "_bias": (lr, 0.0), f.name + "_bn scale/shift": (lr, 1.0)})
     return mult
+
+
+def _check_bias_lr_mult(value: float) -> float:
+    """``train.bias_lr_mult`` as a float, or a ValueError naming it (it must be finite and > 0)."""
+    v = float(value)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"train.bias_lr_mult must be a finite number > 0 (2: published TCP, 1: transformer "
+                         f"recipes), got {value!r}")
+    return v
 
 
 def head_families(model: nn.Module, pretrained_dim: Optional[int] = None) -> List[ParamGroupSpec]:
@@ -79,7 +89,8 @@ _OTHER_NORMS = (nn.LayerNorm, nn.GroupNorm)
 
 
 def build_param_groups(model: nn.Module, *, lr_x_factor: float = 5.0, partial_bn: bool = False,
-                       pretrained_dim: Optional[int] = None, layer_decay: Optional[float] = None) -> List[dict]:
+                       pretrained_dim: Optional[int] = None, layer_decay: Optional[float] = None,
+                       bias_lr_mult: float = 2.0) -> List[dict]:
     """Split a Recognizer's parameters, one by one, into the authors' 11 groups.
 
     Every module's own parameters (``recurse=False``, leaf or not, so an attention module's
@@ -99,6 +110,8 @@ def build_param_groups(model: nn.Module, *, lr_x_factor: float = 5.0, partial_bn
     (``Recognizer.freeze_backbone``) is in no group. With ``layer_decay`` every group of the
     backbone is split by the backbone's layers (``VideoBackbone.layer_ids``): layer k of L trains at
     ``layer_decay ** (L - k)`` times its group's rate, the head and classifier at the full rate.
+    The ``*_bias`` groups outside the head's families train at ``bias_lr_mult`` times their
+    weights' rate (published TCP: 2; 1 for recipes that treat biases like weights).
     Raises ``ValueError`` naming every trainable parameter that is in no group or in two.
     """
     families = head_families(model, pretrained_dim)
@@ -115,7 +128,7 @@ def build_param_groups(model: nn.Module, *, lr_x_factor: float = 5.0, partial_bn
         else:
             groups.setdefault(group, []).append(p)
     _check_coverage(model, groups, left_out)
-    mult = _multipliers(lr_x_factor, families)
+    mult = _multipliers(lr_x_factor, families, bias_lr_mult)
     order += [n for n in groups if n not in order]  # the position-table group, when there is one
     out = [{"params": groups[n], "name": n, "lr_mult": mult[n][0], "decay_mult": mult[n][1]} for n in order]
     return out if layer_decay is None else split_by_layer(model, out, layer_decay)
@@ -188,14 +201,14 @@ def left_out_parameters(model: nn.Module, partial_bn: bool) -> List[str]:
 
 def build_optimizer(model: nn.Module, *, lr: float, name: str = "sgd", momentum: float = 0.9,
                     weight_decay: float = 1e-4, betas: Sequence[float] = (0.9, 0.999),
-                    lr_x_factor: float = 5.0, partial_bn: bool = False,
-                    pretrained_dim: Optional[int] = None, layer_decay: Optional[float] = None) -> torch.optim.Optimizer:
+                    **grouping: Any) -> torch.optim.Optimizer:
     """SGD (published: no Nesterov, coupled L2) or AdamW (decoupled decay) over the published
-    groups, with each group's lr/decay multipliers already applied."""
+    groups, with each group's lr/decay multipliers already applied. ``grouping``: the keyword
+    options of :func:`build_param_groups` (``lr_x_factor``, ``partial_bn``, ``pretrained_dim``,
+    ``layer_decay``, ``bias_lr_mult``)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"train.optimizer: expected one of {OPTIMIZERS}, got {name!r}")
-    groups = build_param_groups(model, lr_x_factor=lr_x_factor, partial_bn=partial_bn,
-                                pretrained_dim=pretrained_dim, layer_decay=layer_decay)
+    groups = build_param_groups(model, **grouping)
     if name == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum,
                                                      weight_decay=weight_decay)

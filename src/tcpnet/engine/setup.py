@@ -244,6 +244,7 @@ def _build_state(run: Run, model: nn.Module, position: DataPosition) -> TrainSta
     try:
         optimizer = build_optimizer(model, lr=tc.lr, name=tc.optimizer, momentum=tc.momentum,
                                     weight_decay=tc.weight_decay, betas=tc.betas, lr_x_factor=tc.lr_x_factor,
+                                    bias_lr_mult=tc.bias_lr_mult,
                                     partial_bn=cfg.model.partial_bn, pretrained_dim=cfg.model.pretrained_dim,
                                     layer_decay=tc.layer_decay)
     except ValueError as e:
