@@ -1,6 +1,6 @@
 """The ``tcpnet`` command: parses arguments, configures logging and calls the library.
 
-Sub-commands: train, test, predict, explain, export, flops, convert, prepare, synth, demo, models.
+Sub-commands: train, test, predict, stream, explain, export, flops, convert, prepare, synth, demo, models.
 Errors in the inputs (config keys/types, missing files, undecodable videos, bad checkpoints)
 end with one ``tcpnet: error: ...`` message on stderr and a non-zero exit code; ``--debug``
 shows the traceback instead. Run ``tcpnet <command> -h`` for each command's options.
@@ -156,6 +156,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 name = t["name"] if t["name"] is not None else f"class {t['label']}"
                 print(f"  {rank}. {name:<30} {t['prob']:.4f}")
     return EXIT_ERROR if any(p.error for p in preds) else 0
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from tcpnet.apps.predict import read_labels
+    from tcpnet.apps.stream import StreamOptions, format_result, run_stream
+    from tcpnet.checkpoints import build_model_from_checkpoint
+    from tcpnet.engine.distributed import resolve_device
+
+    model = build_model_from_checkpoint(args.checkpoint).to(resolve_device(args.device))
+    names = read_labels(args.labels, int(model.num_classes)) if args.labels else None
+    options = StreamOptions(window=args.window, stride=args.stride, topk=args.topk, timeout=args.timeout,
+                            realtime=args.realtime, out=args.out)
+    stats = run_stream(args.source, model, options, class_names=names,
+                       emit=lambda r: print(format_result(r, args.json), flush=True))
+    if args.json:
+        print(json.dumps({"summary": stats.summary()}), flush=True)
+    print(f"tcpnet stream: {args.source}: {stats.line()}", file=sys.stderr, flush=True)
+    return 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -341,6 +359,26 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
 
 
+def _stream_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="SOURCE", help="'-' (a container stream on stdin, e.g. mpegts), /dev/videoN "
+                   "(v4l2), FORMAT:DEVICE (avfoundation:0, dshow:video=NAME), a URL FFmpeg reads (rtsp://, "
+                   "udp://, tcp://, http://) or a file")
+    p.add_argument("--checkpoint", required=True, metavar="PATH")
+    p.add_argument("--window", type=float, default=2.0, help="seconds per window (default 2.0)")
+    p.add_argument("--stride", type=float, default=0.5, help="seconds between windows, rounded to whole "
+                   "segments of window/T (default 0.5)")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="one JSON object per window, and a last one with the summary")
+    p.add_argument("--out", metavar="FILE.mp4", help="also write the stream with the current label drawn on it")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the first frame (then exit 1), "
+                   "and for the next one before the stream counts as ended (default 10)")
+    p.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=None,
+                   help="a file plays at its own pace (default); --no-realtime reads it as fast as possible "
+                        "and scores every window")
+    p.add_argument("--labels", metavar="FILE", help="class names, one per line (default: from the checkpoint)")
+    p.add_argument("--device", default="auto")
+
+
 def _explain_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("videos", nargs="+", metavar="VIDEO")
     p.add_argument("--checkpoint", required=True, metavar="PATH")
@@ -468,6 +506,8 @@ _COMMANDS: Tuple[Tuple[str, Callable[[argparse.Namespace], int], str, Optional[s
     ("test", cmd_test, "multi-view test of one checkpoint or an ensemble (torchrun-aware)",
      "multi-view test of one checkpoint or an ensemble (torchrun-aware). " + _TEST_FILES, _test_options),
     ("predict", cmd_predict, "top-k classes of video files", None, _predict_options),
+    ("stream", cmd_stream, "label a live stream (camera, URL, stdin, file) window by window, dropping frames "
+     "rather than lagging", None, _stream_options),
     ("explain", cmd_explain, "what the model looks at: Grad-CAM, TCP attention, frame importance "
      "(a PNG sheet and an MP4 per video)", None, _explain_options),
     ("export", cmd_export, "export a model to ONNX or TorchScript (dynamic batch) and verify it", None,

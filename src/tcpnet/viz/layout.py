@@ -1,4 +1,4 @@
-"""Arranging frames: integer upscaling, horizontal strips, side-by-side panels, captions."""
+"""Arranging frames: integer upscaling, horizontal strips, side-by-side panels, captions, label bars."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -6,7 +6,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["upscale", "mosaic", "hstack", "caption", "even_size"]
+__all__ = ["upscale", "mosaic", "hstack", "caption", "even_size", "label_bar"]
 
 
 def upscale(frames: np.ndarray, min_side: int) -> np.ndarray:
@@ -60,3 +60,23 @@ def even_size(image: np.ndarray, fill: int = 0) -> np.ndarray:
     h, w = image.shape[-3:-1]
     pad = [(0, 0)] * (image.ndim - 3) + [(0, h % 2), (0, w % 2), (0, 0)]
     return np.pad(image, pad, constant_values=fill) if (h % 2 or w % 2) else image
+
+
+def label_bar(image: np.ndarray, text: str, fraction: float, height: int = 22) -> np.ndarray:
+    """A copy of a uint8 (H, W, 3) image with a dark strip along its bottom edge: a bar
+    ``fraction`` (0-1) of its width, e.g. a probability, and ``text`` over it in white."""
+    out = np.array(image, dtype=np.uint8, copy=True)
+    h, w = out.shape[:2]
+    height = min(height, h)
+    strip = out[h - height:]
+    strip[...] = (strip.astype(np.uint16) // 4).astype(np.uint8)  # darken what is under the text
+    filled = int(round(w * min(max(float(fraction), 0.0), 1.0)))
+    strip[-4:, :filled] = (40, 200, 80)
+    img = Image.fromarray(strip)
+    try:
+        font = ImageFont.load_default(size=max(8, height - 10))
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        font = ImageFont.load_default()
+    ImageDraw.Draw(img).text((4, 1), text, fill=(255, 255, 255), font=font)
+    out[h - height:] = np.asarray(img, dtype=np.uint8)
+    return out
