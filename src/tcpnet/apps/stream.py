@@ -163,16 +163,18 @@ def no_frame_error(name: str, timeout: float, why: str) -> StreamError:
 
 
 def _open(source: Source, options: StreamOptions, stop: threading.Event) -> av.container.InputContainer:
-    """Open the source; a URL that refuses (not up yet) is retried until ``options.timeout``."""
+    """Open the source; a URL that refuses (not up yet) is retried until ``options.timeout``.
+
+    No PyAV ``timeout``: its interrupt callback takes the GIL from inside FFmpeg, which crashes
+    the interpreter at exit while this (daemon) thread waits on a silent source. The model
+    thread keeps the time instead, and a thread blocked in FFmpeg ends with the process."""
     deadline = time.monotonic() + options.timeout
     while True:
-        left = max(0.1, deadline - time.monotonic())
         try:
-            container = av.open(source.url, format=source.format, timeout=(left, options.timeout),
-                                metadata_errors="replace")
+            container = av.open(source.url, format=source.format, metadata_errors="replace")
         except _AV_ERRORS as err:
             reason = getattr(err, "strerror", None) or str(err)
-            if isinstance(err, av.error.ExitError) or (source.kind == "url" and time.monotonic() >= deadline):
+            if source.kind == "url" and time.monotonic() >= deadline:
                 raise no_frame_error(source.name, options.timeout, f"last error: {reason}") from err
             if source.kind != "url" or stop.is_set():
                 raise StreamError(f"{source.name}: cannot open ({reason})") from err
@@ -221,6 +223,7 @@ class Decoder(threading.Thread):
 
     def run(self) -> None:
         error: Optional[BaseException] = None
+        logger.info("%s: opening (up to %g s for the first frame)", self.source.name, self.options.timeout)
         try:
             container = _open(self.source, self.options, self.stop)
             try:
@@ -229,8 +232,6 @@ class Decoder(threading.Thread):
                 self._read(container)
             finally:
                 container.close()
-        except av.error.ExitError as err:  # a read that timed out: the stream stalled
-            error = StreamError(f"{self.source.name}: no data for {self.options.timeout:g} s ({err})")
         except BaseException as err:  # noqa: BLE001 - handed to the model thread, which reports it
             error = err
         self.queue.close(error)
