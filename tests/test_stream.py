@@ -261,6 +261,7 @@ def test_the_scheduler_scores_the_newest_complete_window_and_counts_what_it_skip
     assert stats.processed + stats.dropped + stats.unused == 15
 
 
+@pytest.mark.slow
 def test_a_file_read_as_fast_as_possible_scores_every_window(tmp_path):
     from videos import make_frames, write_video
 

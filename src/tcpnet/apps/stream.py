@@ -82,10 +82,6 @@ class Source:
     format: Optional[str] = None
     kind: str = "file"  # file | url | device | pipe
 
-    @property
-    def live(self) -> bool:
-        return self.kind != "file"
-
 
 def parse_source(source: str) -> Source:
     """``-`` (stdin), ``/dev/videoN`` (v4l2), ``FORMAT:TARGET`` for an FFmpeg input device
@@ -248,6 +244,10 @@ class Decoder(threading.Thread):
             if t0 is None:
                 t0, wall0 = t, time.monotonic()
                 turns = _quarter_turns(frame, self.source.name)
+            if t - t0 < self.stream_time - 1.0:  # the clock jumped back (restarted encoder, wrapped pts)
+                t0 = t - self.stream_time - 1.0 / (self.fps or 25.0)
+                logger.info("%s: timestamps jumped back; stream time continues from %.2f s", self.source.name,
+                            self.stream_time)
             t -= t0
             if self.realtime:
                 delay = wall0 + t - time.monotonic()
@@ -256,6 +256,8 @@ class Decoder(threading.Thread):
             now = time.monotonic()
             self.received, self.last_arrival, self.stream_time = self.received + 1, now, t
             rgb = None
+            # after a gap longer than a window, only the last window's segments can still be used
+            segment = max(segment, int(t / self.grid.segment + 0.5 + 1e-6) - self.grid.num_segments)
             while self.grid.segment_time(segment) <= t + 1e-6:
                 rgb = _rgb(frame, turns) if rgb is None else rgb
                 self.queue.put(Sample(segment, rgb, t, now))
