@@ -237,3 +237,12 @@ def test_reading_back_needs_only_safetensors_and_json(reference):
     for p, rows in data["feats"].items():
         assert np.array(rows).shape == (2, data["dim"])
         np.testing.assert_array_equal(np.array(rows, dtype=np.float32), want[p])
+
+
+def test_help_and_no_inputs(capsys, tmp_path):
+    from tcpnet.cli import build_parser
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["extract", "-h"])
+    assert e.value.code == 0 and "--level" in capsys.readouterr().out
+    assert main(["extract", "--checkpoint", "m.pt", "--out", str(tmp_path / "o")]) == 1
+    assert "tcpnet: error: no videos" in capsys.readouterr().err
