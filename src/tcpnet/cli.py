@@ -1,6 +1,6 @@
 """The ``tcpnet`` command: parses arguments, configures logging and calls the library.
 
-Sub-commands: train, test, predict, stream, explain, export, flops, convert, prepare, synth, demo, models.
+Sub-commands: train, test, predict, stream, extract, explain, export, flops, convert, prepare, synth, demo, models.
 Errors in the inputs (config keys/types, missing files, undecodable videos, bad checkpoints)
 end with one ``tcpnet: error: ...`` message on stderr and a non-zero exit code; ``--debug``
 shows the traceback instead. Run ``tcpnet <command> -h`` for each command's options.
@@ -137,6 +137,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from tcpnet.apps.predict import predict_videos, read_labels
 
     _reuse_freed_memory()
+    if args.list is not None:
+        return _predict_list(args)
+    if not args.videos:
+        raise ValueError("predict: give VIDEO paths, or --list FILE with --out FILE.jsonl")
+    if args.out is not None:
+        raise ValueError("predict --out: only with --list (VIDEO... print to stdout)")
     device = resolve_device(args.device)
     model = build_model_from_checkpoint(args.checkpoint).to(device)
     names = read_labels(args.labels, int(model.num_classes)) if args.labels else None
@@ -174,6 +180,66 @@ def cmd_stream(args: argparse.Namespace) -> int:
         print(json.dumps({"summary": stats.summary()}), flush=True)
     print(f"tcpnet stream: {args.source}: {stats.line()}", file=sys.stderr, flush=True)
     return 0
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return sys.stderr.isatty() and not getattr(args, "quiet", False)
+
+
+def _predict_list(args: argparse.Namespace) -> int:
+    """``predict --list FILE --out FILE.jsonl``: sharded over ranks, resumable (tcpnet.apps.predict)."""
+    from tcpnet.apps.collection import read_collection
+    from tcpnet.apps.predict import ListOptions, predict_list_from_checkpoint, read_labels
+
+    if args.videos:
+        raise ValueError("predict: give either VIDEO paths or --list FILE, not both")
+    if args.out is None:
+        raise ValueError("predict --list: --out FILE.jsonl is required (the resumable output)")
+    coll = read_collection(list_file=args.list, root=args.root, list_format=args.list_format)
+    names = read_labels(args.labels) if args.labels else None
+    options = ListOptions(views=args.views, topk=args.topk, fusion=args.fusion, class_names=names,
+                          workers=args.workers, decode_timeout=args.decode_timeout or None, progress=_progress(args))
+    result = predict_list_from_checkpoint(args.checkpoint, coll, args.out, options, device=args.device)
+    if int(os.environ.get("RANK", "0")) == 0:
+        s = result.stats
+        if s.nothing_to_do:
+            print(f"nothing to do: {result.out_file} is complete ({result.num_videos} videos)")
+        else:
+            print(f"wrote {result.out_file}: {result.num_videos} videos ({s.total - s.committed_before} now, "
+                  f"{s.committed_before} from an earlier run)")
+        if result.num_errors:
+            print(f"tcpnet: error: {result.num_errors} of {result.num_videos} video(s) could not be predicted; "
+                  f"their lines in {result.out_file} have an \"error\"", file=sys.stderr)
+    return EXIT_ERROR if result.num_errors else 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from tcpnet.apps.collection import looks_like_list, read_collection
+    from tcpnet.apps.extract import ExtractOptions, extract_from_checkpoint
+
+    _reuse_freed_memory()
+    options = ExtractOptions(level=args.level, views=args.views, shard_size=args.shard_size, workers=args.workers,
+                             decode_timeout=args.decode_timeout or None, progress=_progress(args))
+    is_list = args.list is not None or looks_like_list(args.inputs)
+    if is_list and args.list is not None and args.inputs:
+        raise ValueError("extract: give either VIDEO paths or --list FILE, not both")
+    coll = read_collection(() if is_list else args.inputs, (args.list or args.inputs[0]) if is_list else None,
+                           root=args.root, list_format=args.list_format)
+    result = extract_from_checkpoint(args.checkpoint, coll, args.out, options, device=args.device)
+    if int(os.environ.get("RANK", "0")) == 0:
+        s, nbad = result.stats, len(result.bad)
+        if s.nothing_to_do:
+            print(f"nothing to do: {result.out_dir} is complete ({result.num_videos} videos, {nbad} bad); "
+                  f"index: {result.index}")
+        else:
+            print(f"wrote {result.out_dir}: {result.num_videos} videos ({s.total - s.committed_before} now, "
+                  f"{s.committed_before} from an earlier run), {nbad} bad; index: {result.index}")
+        for _, reason in result.bad[:20]:
+            print(f"  bad: {reason}", file=sys.stderr)
+        if nbad:
+            print(f"tcpnet: error: {nbad} of {result.num_videos} video(s) could not be read; each is listed "
+                  f"with its reason in {result.index}", file=sys.stderr)
+    return EXIT_ERROR if result.bad else 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -347,8 +413,19 @@ def _test_options(p: argparse.ArgumentParser) -> None:
                    help="also write report.html: metrics, confusions, worst videos with explain sheets")
 
 
+def _collection_options(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that run over a collection (predict --list, extract)."""
+    p.add_argument("--root", default="", metavar="DIR", help="the list's paths are relative to DIR (default: .)")
+    p.add_argument("--list-format", default="auto", metavar="NAME",
+                   help="a registered list format (auto: detected; a plain list of paths also works)")
+    p.add_argument("--workers", type=int, default=0, help="decoding processes (0: in the main process)")
+    p.add_argument("--decode-timeout", type=float, default=60.0, metavar="S",
+                   help="seconds one video may take to decode before it counts as bad (0: no limit)")
+    p.add_argument("--device", default="auto")
+
+
 def _predict_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("videos", nargs="+", metavar="VIDEO")
+    p.add_argument("videos", nargs="*", metavar="VIDEO")
     p.add_argument("--checkpoint", required=True, metavar="PATH")
     p.add_argument("--labels", metavar="FILE", help="class names, one per line (default: from the checkpoint)")
     p.add_argument("--topk", type=int, default=5)
@@ -356,7 +433,24 @@ def _predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fusion", choices=FUSIONS, default="auto",
                    help="auto: mean-prob, or max-sigmoid for a model trained on multi-label data")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--list", metavar="FILE", help="predict every video of a list file (any registered format, "
+                   "or paths one per line) into --out; torchrun-aware, resumable")
+    p.add_argument("--out", metavar="FILE.jsonl", help="with --list: one JSON line per video; a rerun after a "
+                   "stop adds only the missing videos")
+    _collection_options(p)
+
+
+def _extract_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="*", metavar="LIST|VIDEO", help="a list file (.txt/.csv/...) or video paths")
+    p.add_argument("--list", metavar="FILE", help="the list file (when its name does not end in .txt, .csv, ...)")
+    p.add_argument("--checkpoint", required=True, metavar="PATH")
+    p.add_argument("--out", required=True, metavar="DIR", help="shards, index.json; a rerun resumes here")
+    p.add_argument("--level", choices=("head", "backbone"), default="head",
+                   help="head: the TCP vector (model.forward_features); backbone: the backbone maps averaged "
+                        "over time and space")
+    p.add_argument("--views", default="1x1", metavar="CxN", help="test views, kept apart: (V, D) per video")
+    p.add_argument("--shard-size", type=int, default=1000, metavar="N", help="videos per shard file")
+    _collection_options(p)
 
 
 def _stream_options(p: argparse.ArgumentParser) -> None:
@@ -505,7 +599,10 @@ _COMMANDS: Tuple[Tuple[str, Callable[[argparse.Namespace], int], str, Optional[s
     ("train", cmd_train, "train a model from a config (torchrun-aware)", None, _train_options),
     ("test", cmd_test, "multi-view test of one checkpoint or an ensemble (torchrun-aware)",
      "multi-view test of one checkpoint or an ensemble (torchrun-aware). " + _TEST_FILES, _test_options),
-    ("predict", cmd_predict, "top-k classes of video files", None, _predict_options),
+    ("predict", cmd_predict, "top-k classes of video files, or of a list into JSON lines (--list)", None,
+     _predict_options),
+    ("extract", cmd_extract, "features of every video of a list (TCP vector or backbone), sharded "
+     "safetensors + index.json; torchrun-aware, resumable", None, _extract_options),
     ("stream", cmd_stream, "label a live stream (camera, URL, stdin, file) window by window, dropping frames "
      "rather than lagging", None, _stream_options),
     ("explain", cmd_explain, "what the model looks at: Grad-CAM, TCP attention, frame importance "

@@ -4,7 +4,7 @@ length T and of the input config."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -180,10 +180,11 @@ class Recognizer(nn.Module):
         b, c, t, h, w = x.shape
         return x.transpose(1, 2).reshape(b * t, c, h, w)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Clip batch (B, 3, T, H, W) -> pooled clip representation (B, D)."""
+    def forward_maps(self, x: torch.Tensor) -> Tuple[torch.Tensor, int]:
+        """Clip batch (B, 3, T, H, W) -> the backbone's maps (B*T', C, h, w), video-major, and T':
+        what the head pools (``tcpnet extract --level backbone`` averages them)."""
         if self.layout == "frames":
-            return self.head(self.backbone(self.frames(x)), self.num_segments)
+            return self.backbone(self.frames(x)), self.num_segments
         self.check_input(x)
         t_out = self.head_segments()
         maps = self.backbone(x)
@@ -192,7 +193,11 @@ class Recognizer(nn.Module):
                 f"{type(self.backbone).__name__}: a 'video' backbone must return (B*T', C, h, w) with "
                 f"T'={t_out} (its output_segments({self.num_segments})), got {tuple(maps.shape)} "
                 f"for B={x.shape[0]}")
-        return self.head(maps, t_out)
+        return maps, t_out
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Clip batch (B, 3, T, H, W) -> pooled clip representation (B, D)."""
+        return self.head(*self.forward_maps(x))
 
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
         """Pooled features (B, D) -> logits (B, K): dropout, then the linear classifier, in the
