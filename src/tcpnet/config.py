@@ -22,6 +22,7 @@ __all__ = [
     "Config", "ModelConfig", "DataConfig", "TrainConfig", "TestConfig", "ConfigError",
     "load_config", "config_from_dict", "config_to_dict", "config_to_yaml", "save_config",
     "parse_views", "parse_interval", "model_name", "DEFAULT_MODEL", "resolve_fusion", "SCHEDULES", "OPTIMIZERS", "AMP_MODES", "FUSIONS", "READERS",
+    "CACHE_DTYPES",
     "Range", "RANGES",
 ]
 
@@ -64,6 +65,10 @@ class DataConfig:
     reader: str = "pyav"                # pyav | torchcodec (exact mode; needs torchcodec + system FFmpeg)
     cache_decoded_mb: int = 0           # decoded videos kept in memory, MiB per process (0: off; tcpnet.data.cache)
     decode_timeout: Optional[float] = 60.0  # seconds one video may take to read (null: no limit); past it, a bad video
+    cache_features: Optional[str] = None  # frozen probing: keep the backbone's maps per (video, view) in DIR (tcpnet.data.feature_cache)
+    cache_views: Optional[int] = None   # K fixed views per train video (0: centre, 1..K-1: seeded train views); null: 1 with a cache, else random views
+    cache_dtype: str = "float16"        # float16 | float32: how the cached maps are stored
+    cache_rebuild: bool = False         # rebuild a cache made for another backbone, T, input, weights or list instead of refusing it
 
 
 @dataclass
@@ -144,6 +149,7 @@ FUSIONS = ("auto", "max-prob", "mean-prob", "mean-logit", "max-sigmoid", "mean-s
 NONFINITE = ("stop", "skip")
 DATA_FORMATS = (None, "video", "frames")
 READERS = ("pyav", "torchcodec")
+CACHE_DTYPES = ("float16", "float32")
 VIEW_CROPS = (1, 3, 5, 10)
 
 _CHOICES = {
@@ -154,6 +160,7 @@ _CHOICES = {
     "train.nonfinite": NONFINITE,
     "data.format": DATA_FORMATS,
     "data.reader": READERS,
+    "data.cache_dtype": CACHE_DTYPES,
 }
 
 
@@ -204,6 +211,7 @@ RANGES: Dict[str, Range] = {
     "data.scale_size": Range(1, 4096, unit="pixels"),
     "data.cache_decoded_mb": Range(0, 2**20, unit="MiB"),
     "data.decode_timeout": Range(0.0, 86400.0, lo_open=True, unit="seconds"),
+    "data.cache_views": Range(1, 1024, unit="views"),
     "train.epochs": Range(1, 100_000),
     "train.batch_size": Range(1, 1_000_000),
     "train.lr": Range(0.0, 100.0, lo_open=True),
@@ -339,6 +347,7 @@ def _validate(cfg: Config, source: str) -> None:
     if cfg.data.multi_label and (cfg.train.mixup_alpha > 0 or cfg.train.cutmix_alpha > 0):
         raise ConfigError(f"{source}: train.mixup_alpha/cutmix_alpha are for single-label data; "
                           "data.multi_label is true")
+    _check_feature_cache(cfg, source)
     if cfg.train.checkpoint_every is not None:
         try:
             parse_interval(cfg.train.checkpoint_every)
@@ -351,6 +360,22 @@ def _validate(cfg: Config, source: str) -> None:
         parse_views(cfg.test.views)
     except ValueError as e:
         raise ConfigError(f"{source}: test.views: {e}") from None
+
+
+def _check_feature_cache(cfg: Config, source: str) -> None:
+    """``data.cache_features`` holds a frozen backbone's maps: refuse, naming the keys, the settings
+    whose training forward would need pixels or a backbone that learns."""
+    dc, tc = cfg.data, cfg.train
+    if not dc.cache_features:
+        if dc.cache_rebuild:
+            raise ConfigError(f"{source}: data.cache_rebuild=true needs data.cache_features (a cache directory)")
+        return
+    if not tc.freeze_backbone:
+        raise ConfigError(f"{source}: data.cache_features={dc.cache_features} needs train.freeze_backbone=true: "
+                          "the cache holds a frozen backbone's output maps, which a backbone that trains changes")
+    if tc.mixup_alpha > 0 or tc.cutmix_alpha > 0:
+        raise ConfigError(f"{source}: train.mixup_alpha/train.cutmix_alpha mix pixels, and data.cache_features "
+                          "trains on cached maps without pixels; set both to 0, or unset data.cache_features")
 
 
 def _parse_override(item: str) -> DictConfig:

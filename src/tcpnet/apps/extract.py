@@ -83,7 +83,7 @@ def video_features(model: nn.Module, views: torch.Tensor, level: str = "head") -
     maps averaged over T', h and w."""
     if level == "head":
         return model.forward_features(views).float()
-    maps, t = model.forward_maps(views)
+    maps, t = model.backbone_maps(views), model.head_segments()
     return maps.reshape(views.shape[0], t, *maps.shape[1:]).float().mean(dim=(1, 3, 4))
 
 

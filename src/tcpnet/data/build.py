@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from tcpnet.config import ConfigError, DataConfig
 from tcpnet.data.dataset import DecodeSpec, VideoDataset
+from tcpnet.data.feature_cache import CachedMapsDataset, FeatureStore, FixedViewDataset, FixedViews
 from tcpnet.data.formats import ListSource, frame_template_for, get_list_format
 from tcpnet.data.frame_template import check_frame_template
 from tcpnet.data.list_parsers import check_labels, check_records
@@ -204,11 +205,13 @@ def _decode_spec(data_cfg: DataConfig, records: Sequence[VideoRecord]) -> Decode
 
 
 def build_datasets(data_cfg: DataConfig, records: Dict[str, Sequence], input_config: InputConfig, *,
-                   num_classes: Optional[int], seed: int, max_consecutive_failures: int = 10) -> Dict[str, VideoDataset]:
+                   num_classes: Optional[int], seed: int, max_consecutive_failures: int = 10) -> Dict[str, Dataset]:
     """A VideoDataset per subset: train = random segments, multi-scale crop and flip; val (and
     test) = segment centres, resize and centre crop; T = ``input_config.num_segments``. Videos with
     fewer than 3 frames are dropped. ``input_config`` is the model's, with :func:`resolve_input_config`
-    already applied (the trainer keeps it on the model); an unresolved one is a ValueError."""
+    already applied (the trainer keeps it on the model); an unresolved one is a ValueError. With
+    ``data.cache_views`` or ``data.cache_features`` the train set is K fixed views per video
+    (:mod:`tcpnet.data.feature_cache`)."""
     for key in ("crop_size", "scale_size"):
         wanted = getattr(data_cfg, key)
         if wanted and getattr(input_config, key) != wanted:
@@ -218,11 +221,32 @@ def build_datasets(data_cfg: DataConfig, records: Dict[str, Sequence], input_con
         logger.warning("data.cache_decoded_mb=%d is not used with data.num_workers=%d: the decoded-video cache "
                        "serves the main process only (tcpnet.data.cache); set data.num_workers=0",
                        data_cfg.cache_decoded_mb, data_cfg.num_workers)
-    return {subset: VideoDataset.from_config(
-                recs, data_cfg.root, input_config, mode="train" if subset == "train" else "val", flip=data_cfg.flip,
-                num_classes=num_classes, multi_label=data_cfg.multi_label, seed=seed,
-                max_consecutive_failures=max_consecutive_failures, decode=_decode_spec(data_cfg, recs))
-            for subset, recs in records.items()}
+    datasets = {subset: VideoDataset.from_config(
+                    recs, data_cfg.root, input_config, mode="train" if subset == "train" else "val",
+                    flip=data_cfg.flip, num_classes=num_classes, multi_label=data_cfg.multi_label, seed=seed,
+                    max_consecutive_failures=max_consecutive_failures, decode=_decode_spec(data_cfg, recs))
+                for subset, recs in records.items() if subset != "train" or not _fixed_views(data_cfg)}
+    if "train" in records and _fixed_views(data_cfg):
+        datasets["train"] = _fixed_view_train_set(data_cfg, records["train"], input_config,
+                                                  num_classes=num_classes, seed=seed)
+    return datasets
+
+
+def _fixed_views(data_cfg: DataConfig) -> bool:
+    """Training on K fixed views per video: with a feature cache, or ``data.cache_views`` set without one."""
+    return bool(data_cfg.cache_features) or data_cfg.cache_views is not None
+
+
+def _fixed_view_train_set(data_cfg: DataConfig, records: Sequence, input_config: InputConfig, *,
+                          num_classes: Optional[int], seed: int) -> Dataset:
+    """The train set of ``data.cache_views`` fixed views: the backbone's cached maps with
+    ``data.cache_features`` (built by the trainer before the first epoch reads them), else the clips."""
+    views = FixedViews.from_config(records, data_cfg.root, input_config, num_views=data_cfg.cache_views or 1,
+                                   seed=seed, flip=data_cfg.flip, num_classes=num_classes,
+                                   multi_label=data_cfg.multi_label, decode=_decode_spec(data_cfg, records))
+    if data_cfg.cache_features:
+        return CachedMapsDataset(views, FeatureStore(data_cfg.cache_features, "train"))
+    return FixedViewDataset(views)
 
 
 def build_test_dataset(data_cfg: DataConfig, records: Sequence, input_config: InputConfig, *,

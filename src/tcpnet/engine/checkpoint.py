@@ -32,11 +32,12 @@ __all__ = ["save_training_checkpoint", "load_training_checkpoint", "capture_rng_
 # Config keys a resumed run may change: the run's length and bookkeeping, never the recipe.
 RESUMABLE_KEYS = ("train.epochs", "train.resume", "train.auto_resume", "train.force_resume",
                   "train.checkpoint_every", "train.log_every", "train.eval_every", "data.num_workers",
-                  "data.cache_decoded_mb", "data.decode_timeout", "test.batch_size", "device",
+                  "data.cache_decoded_mb", "data.decode_timeout",
+                  "data.cache_rebuild", "test.batch_size", "device",
                   "retain_freed_memory", "output_dir", "train.log_grad_norm", "imports")
 # Keys that hold a path: two spellings of the same file (relative / absolute) are the same recipe.
 PATH_KEYS = ("data.root", "data.train_list", "data.val_list", "data.test_list", "data.class_names",
-             "model.pretrained", "test.checkpoint")
+             "model.pretrained", "test.checkpoint", "data.cache_features")
 # The files of a run's checkpoint set, in the order they are written at the end of an epoch.
 CHECKPOINT_FILES = ("last.pt", "best.pt", "ema.pt")
 LOCK_FILE = ".tcpnet.lock"

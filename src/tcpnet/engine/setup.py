@@ -78,7 +78,7 @@ class Run:
     class_names: Optional[List[str]]
     num_classes: int
     state: Optional[TrainState] = None
-    train_model: Optional[nn.Module] = None  # the model, or its DDP wrapper
+    train_model: Optional[nn.Module] = None  # the model (its head + fc on cached maps), or its DDP wrapper
     criterion: Optional[Callable[..., torch.Tensor]] = None
     datasets: Dict[str, Any] = field(default_factory=dict)
     train_sampler: Optional[ResumableSampler] = None
@@ -276,9 +276,10 @@ def setup(cfg: Config) -> Run:
         _resolve_config(run, model)
         position = _build_data(run, records, model)
         state = _build_state(run, model, position)
+        trained = model.head_classifier() if cfg.data.cache_features else model  # cached maps: head + fc only
         run.train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[run.device.index] if run.device.type == "cuda" else None) \
-            if info.world_size > 1 else model
+            trained, device_ids=[run.device.index] if run.device.type == "cuda" else None) \
+            if info.world_size > 1 else trained
         run.criterion = nn.BCEWithLogitsLoss() if run.multi_label else nn.CrossEntropyLoss()
         if run.ckpt is not None:
             restore(run, state)

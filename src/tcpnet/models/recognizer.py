@@ -4,7 +4,7 @@ length T and of the input config."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from tcpnet.input_config import InputConfig
 from tcpnet.models.batchnorm import batchnorms
 from tcpnet.ops import no_autocast
 
-__all__ = ["Recognizer"]
+__all__ = ["Recognizer", "HeadClassifier"]
 
 
 class Recognizer(nn.Module):
@@ -180,11 +180,11 @@ class Recognizer(nn.Module):
         b, c, t, h, w = x.shape
         return x.transpose(1, 2).reshape(b * t, c, h, w)
 
-    def forward_maps(self, x: torch.Tensor) -> Tuple[torch.Tensor, int]:
-        """Clip batch (B, 3, T, H, W) -> the backbone's maps (B*T', C, h, w), video-major, and T':
-        what the head pools (``tcpnet extract --level backbone`` averages them)."""
+    def backbone_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """Clip batch (B, 3, T, H, W) -> the backbone's maps (B*T', C, h, w), video-major: what the
+        head pools (and what a feature cache stores)."""
         if self.layout == "frames":
-            return self.backbone(self.frames(x)), self.num_segments
+            return self.backbone(self.frames(x))
         self.check_input(x)
         t_out = self.head_segments()
         maps = self.backbone(x)
@@ -193,11 +193,11 @@ class Recognizer(nn.Module):
                 f"{type(self.backbone).__name__}: a 'video' backbone must return (B*T', C, h, w) with "
                 f"T'={t_out} (its output_segments({self.num_segments})), got {tuple(maps.shape)} "
                 f"for B={x.shape[0]}")
-        return maps, t_out
+        return maps
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Clip batch (B, 3, T, H, W) -> pooled clip representation (B, D)."""
-        return self.head(*self.forward_maps(x))
+        return self.head(self.backbone_maps(x), self.head_segments())
 
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
         """Pooled features (B, D) -> logits (B, K): dropout, then the linear classifier, in the
@@ -209,6 +209,11 @@ class Recognizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def head_classifier(self) -> "HeadClassifier":
+        """The model without its backbone, as a module of its own: backbone maps in, logits out,
+        sharing this model's head and classifier parameters (training on cached maps)."""
+        return HeadClassifier(self)
 
     # -------------------------------------------------------------------------- partial BN
     def batchnorms(self) -> List[_BatchNorm]:
@@ -255,3 +260,29 @@ class Recognizer(nn.Module):
     def extra_repr(self) -> str:
         return (f"model_name={self.model_name!r}, layout={self.layout!r}, "
                 f"num_segments={self.num_segments}, num_classes={self.num_classes}")
+
+
+class HeadClassifier(nn.Module):
+    """``head`` + ``dropout`` + ``fc`` of a :class:`Recognizer`, taking the backbone's maps
+    ``(B, T', C, h, w)`` (one clip's maps together, as a feature cache stores them) and
+    returning the logits ``(B, K)``. Its parameters are the Recognizer's own, so training it
+    trains the Recognizer (and DDP can wrap it without the frozen backbone); ``train()`` applies
+    the Recognizer's rules (partial BN, frozen backbone)."""
+
+    def __init__(self, model: Recognizer) -> None:
+        super().__init__()
+        self.head, self.dropout, self.fc = model.head, model.dropout, model.fc
+        self._owner = [model]  # a plain list: the Recognizer is not a sub-module (no backbone parameters here)
+        self.num_segments = model.pooled_segments()
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        if maps.dim() != 5 or maps.shape[1] != self.num_segments:
+            raise ValueError(f"expected backbone maps (B, T', C, h, w) with T'={self.num_segments}, "
+                             f"got {tuple(maps.shape)}")
+        b, t = maps.shape[:2]
+        return self._owner[0].forward_head(self.head(maps.reshape(b * t, *maps.shape[2:]), t))
+
+    def train(self, mode: bool = True) -> "HeadClassifier":
+        super().train(mode)
+        self._owner[0].train(mode)
+        return self
