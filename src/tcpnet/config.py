@@ -22,6 +22,7 @@ __all__ = [
     "Config", "ModelConfig", "DataConfig", "TrainConfig", "TestConfig", "ConfigError",
     "load_config", "config_from_dict", "config_to_dict", "config_to_yaml", "save_config",
     "parse_views", "parse_interval", "model_name", "DEFAULT_MODEL", "resolve_fusion", "SCHEDULES", "OPTIMIZERS", "AMP_MODES", "FUSIONS", "READERS",
+    "SAMPLERS",
     "Range", "RANGES",
 ]
 
@@ -64,6 +65,8 @@ class DataConfig:
     reader: str = "pyav"                # pyav | torchcodec (exact mode; needs torchcodec + system FFmpeg)
     cache_decoded_mb: int = 0           # decoded videos kept in memory, MiB per process (0: off; tcpnet.data.cache)
     decode_timeout: Optional[float] = 60.0  # seconds one video may take to read (null: no limit); past it, a bad video
+    sampler: Optional[str] = None       # tsn (one frame per segment of the whole video) | dense (frame_interval apart); null: the model's (tsn unless trained dense)
+    frame_interval: Optional[int] = None  # dense: frames between a clip's frames (VideoMAE 4, Swin 2, X3D-S 6); null: the model's
 
 
 @dataclass
@@ -144,6 +147,7 @@ FUSIONS = ("auto", "max-prob", "mean-prob", "mean-logit", "max-sigmoid", "mean-s
 NONFINITE = ("stop", "skip")
 DATA_FORMATS = (None, "video", "frames")
 READERS = ("pyav", "torchcodec")
+SAMPLERS = ("tsn", "dense")  # temporal sampling: tcpnet.data.samplers (TSN* / IntervalSampler)
 VIEW_CROPS = (1, 3, 5, 10)
 
 _CHOICES = {
@@ -154,6 +158,7 @@ _CHOICES = {
     "train.nonfinite": NONFINITE,
     "data.format": DATA_FORMATS,
     "data.reader": READERS,
+    "data.sampler": (None, *SAMPLERS),
 }
 
 
@@ -204,6 +209,7 @@ RANGES: Dict[str, Range] = {
     "data.scale_size": Range(1, 4096, unit="pixels"),
     "data.cache_decoded_mb": Range(0, 2**20, unit="MiB"),
     "data.decode_timeout": Range(0.0, 86400.0, lo_open=True, unit="seconds"),
+    "data.frame_interval": Range(1, 256, unit="frames"),
     "train.epochs": Range(1, 100_000),
     "train.batch_size": Range(1, 1_000_000),
     "train.lr": Range(0.0, 100.0, lo_open=True),
@@ -344,6 +350,7 @@ def _validate(cfg: Config, source: str) -> None:
             parse_interval(cfg.train.checkpoint_every)
         except ValueError as e:
             raise ConfigError(f"{source}: train.checkpoint_every: {e}") from None
+    _check_sampling(cfg.data, source)
     if len(cfg.train.betas) != 2:
         raise ConfigError(f"{source}: train.betas must be two numbers, each {RANGES['train.betas']}, "
                           f"got {cfg.train.betas}")
@@ -351,6 +358,17 @@ def _validate(cfg: Config, source: str) -> None:
         parse_views(cfg.test.views)
     except ValueError as e:
         raise ConfigError(f"{source}: test.views: {e}") from None
+
+
+def _check_sampling(data: DataConfig, source: str) -> None:
+    """``data.sampler: dense`` needs its ``data.frame_interval``; TSN segments have none. (With the
+    sampler null, a frame interval overrides a densely trained model's, checked against the model.)"""
+    if data.sampler == "dense" and data.frame_interval is None:
+        raise ConfigError(f"{source}: data.sampler=dense needs data.frame_interval (frames between a clip's "
+                          "frames, e.g. 4 for VideoMAE's 16x4)")
+    if data.sampler == "tsn" and data.frame_interval is not None:
+        raise ConfigError(f"{source}: data.frame_interval={data.frame_interval} is for data.sampler=dense; "
+                          "data.sampler=tsn takes one frame per segment of the whole video")
 
 
 def _parse_override(item: str) -> DictConfig:
