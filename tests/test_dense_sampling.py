@@ -177,3 +177,13 @@ def test_resume_refuses_a_changed_sampler():
     older = {k: v for k, v in config_to_dict(load_config(None)).items()}
     older["data"] = {k: v for k, v in older["data"].items() if k not in ("sampler", "frame_interval")}
     assert config_differences(older, config_to_dict(load_config(None))) == []  # a file from before the keys
+
+
+def test_the_sampler_choices_have_one_source():
+    from tcpnet import config
+    from tcpnet.data import dataset
+
+    assert dataset.SAMPLERS is config.SAMPLERS
+    with pytest.raises(ValueError, match="input_config.sampler"):
+        build_test_dataset(DataConfig(), [VideoRecord("v.mp4", 50, 0)], InputConfig(sampler="uniform"),
+                           views="1x1", num_classes=3)
