@@ -78,8 +78,8 @@ def _official_state(pretrained: str) -> Dict[str, torch.Tensor]:
     elif file.parent.name.startswith("k400_videomae_pretrain_small"):  # the encoder of ViT-S + a decoder
         keys = [("encoder." + k, s) for k, s in _keys("vit_small_finetune") if k.startswith(("patch_embed.", "blocks."))]
         keys += [(k, s) for k, s in _keys("vit_base_pretrain") if not k.startswith("encoder.")]
-    elif file.name.startswith("swin-"):
-        keys = _keys(f"swin3d_{file.name.split('-')[1]}_mmaction2")
+    elif file.name.startswith("swin_"):  # the 2-D ImageNet Swin, inflated on load
+        keys = _keys(f"swin2d_{file.name.split('_')[1]}")
     else:
         pytest.fail(f"{pretrained}: no recorded key list for this official file")
     return {k: torch.empty(s, device="meta") for k, s in keys}

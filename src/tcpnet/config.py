@@ -23,6 +23,7 @@ __all__ = [
     "load_config", "config_from_dict", "config_to_dict", "config_to_yaml", "save_config",
     "parse_views", "parse_interval", "model_name", "DEFAULT_MODEL", "resolve_fusion", "SCHEDULES", "OPTIMIZERS", "AMP_MODES", "FUSIONS", "READERS",
     "CACHE_DTYPES",
+    "SAMPLERS",
     "Range", "RANGES",
 ]
 
@@ -69,6 +70,8 @@ class DataConfig:
     cache_views: Optional[int] = None   # K fixed views per train video (0: centre, 1..K-1: seeded train views); null: 1 with a cache, else random views
     cache_dtype: str = "float16"        # float16 | float32: how the cached maps are stored
     cache_rebuild: bool = False         # rebuild a cache made for another backbone, T, input, weights or list instead of refusing it
+    sampler: Optional[str] = None       # tsn (one frame per segment of the whole video) | dense (frame_interval apart); null: the model's (tsn unless trained dense)
+    frame_interval: Optional[int] = None  # dense: frames between a clip's frames (VideoMAE 4, Swin 2, X3D-S 6); null: the model's
 
 
 @dataclass
@@ -150,6 +153,7 @@ NONFINITE = ("stop", "skip")
 DATA_FORMATS = (None, "video", "frames")
 READERS = ("pyav", "torchcodec")
 CACHE_DTYPES = ("float16", "float32")
+SAMPLERS = ("tsn", "dense")  # temporal sampling: tcpnet.data.samplers (TSN* / IntervalSampler)
 VIEW_CROPS = (1, 3, 5, 10)
 
 _CHOICES = {
@@ -161,6 +165,7 @@ _CHOICES = {
     "data.format": DATA_FORMATS,
     "data.reader": READERS,
     "data.cache_dtype": CACHE_DTYPES,
+    "data.sampler": (None, *SAMPLERS),
 }
 
 
@@ -212,6 +217,7 @@ RANGES: Dict[str, Range] = {
     "data.cache_decoded_mb": Range(0, 2**20, unit="MiB"),
     "data.decode_timeout": Range(0.0, 86400.0, lo_open=True, unit="seconds"),
     "data.cache_views": Range(1, 1024, unit="views"),
+    "data.frame_interval": Range(1, 256, unit="frames"),
     "train.epochs": Range(1, 100_000),
     "train.batch_size": Range(1, 1_000_000),
     "train.lr": Range(0.0, 100.0, lo_open=True),
@@ -353,6 +359,7 @@ def _validate(cfg: Config, source: str) -> None:
             parse_interval(cfg.train.checkpoint_every)
         except ValueError as e:
             raise ConfigError(f"{source}: train.checkpoint_every: {e}") from None
+    _check_sampling(cfg.data, source)
     if len(cfg.train.betas) != 2:
         raise ConfigError(f"{source}: train.betas must be two numbers, each {RANGES['train.betas']}, "
                           f"got {cfg.train.betas}")
@@ -376,6 +383,17 @@ def _check_feature_cache(cfg: Config, source: str) -> None:
     if tc.mixup_alpha > 0 or tc.cutmix_alpha > 0:
         raise ConfigError(f"{source}: train.mixup_alpha/train.cutmix_alpha mix pixels, and data.cache_features "
                           "trains on cached maps without pixels; set both to 0, or unset data.cache_features")
+
+
+def _check_sampling(data: DataConfig, source: str) -> None:
+    """``data.sampler: dense`` needs its ``data.frame_interval``; TSN segments have none. (With the
+    sampler null, a frame interval overrides a densely trained model's, checked against the model.)"""
+    if data.sampler == "dense" and data.frame_interval is None:
+        raise ConfigError(f"{source}: data.sampler=dense needs data.frame_interval (frames between a clip's "
+                          "frames, e.g. 4 for VideoMAE's 16x4)")
+    if data.sampler == "tsn" and data.frame_interval is not None:
+        raise ConfigError(f"{source}: data.frame_interval={data.frame_interval} is for data.sampler=dense; "
+                          "data.sampler=tsn takes one frame per segment of the whole video")
 
 
 def _parse_override(item: str) -> DictConfig:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -145,23 +145,25 @@ def _mismatch_advice(report: LoadReport, source: str) -> str:
             f"that fit, set model.pretrained={source} in the training config.")
 
 
-def _convert(sd: Mapping[str, torch.Tensor], model_keys: Iterable[str]) -> Tuple[Conversion, List[Tuple[str, str]]]:
-    """``sd`` renamed to our keys, and the file keys a layout rule drops (``(key, why)``):
-    official VideoMAE, pytorchvideo X3D and Video Swin files have their own maps, every other layout is
-    convert.py's."""
+def _convert(sd: Mapping[str, torch.Tensor],
+             model_state: Mapping[str, torch.Tensor]) -> Tuple[Conversion, List[Tuple[str, str]]]:
+    """``sd`` renamed to our keys (``model_state``: the model's state dict), and the file keys a
+    layout rule drops (``(key, why)``): official VideoMAE, pytorchvideo X3D and Video Swin files
+    have their own maps (a 2-D ImageNet Swin is inflated to the model's shapes), every other layout
+    is convert.py's."""
     if is_videomae(sd):
-        return convert_videomae(sd, model_keys)
+        return convert_videomae(sd, model_state.keys())
     if is_x3d(sd):
-        return convert_x3d(sd, model_keys)
+        return convert_x3d(sd, model_state.keys())
     if is_swin3d(sd):
-        return convert_swin3d(sd, model_keys)
-    return convert_state_dict(sd, model_keys), []
+        return convert_swin3d(sd, model_state)
+    return convert_state_dict(sd, model_state.keys()), []
 
 
 def _load(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str, strict: bool) -> LoadReport:
     model = unwrap_model(model)
-    conv, dropped = _convert(sd, model.state_dict().keys())
     model_state = model.state_dict()
+    conv, dropped = _convert(sd, model_state)
     if conv.pretraining_classifier:  # an ImageNet fc only fits a model with the same classes
         fc = [k for k in conv.state if k.startswith("fc.")]
         if any(k not in model_state or conv.state[k].shape != model_state[k].shape for k in fc):
@@ -198,7 +200,7 @@ def load_pretrained(model: nn.Module, path: Source) -> LoadReport:
     Accepts ImageNet GCP files (ResNet-50 and TEA/R152 layouts), torchvision state dicts, the
     authors' TCP checkpoints, torchvision video ResNets, VideoMAE's official fine-tuned and
     pre-training files (:mod:`.videomae`), pytorchvideo's X3D files (:mod:`.x3d`), Video Swin files
-    (:mod:`.swin3d`) and our files. The classifier is always dropped (new task, fresh ``fc``, as the
+    and the 2-D ImageNet Swin, inflated to 3-D (:mod:`.swin3d`), and our files. The classifier is always dropped (new task, fresh ``fc``, as the
     authors' fine-tuning does). If the head's second
     reduction does not fit (TCP_dim != pretrained dim), ``layer_reduce2``/``layer_reduce_bn2``
     keep their initialisation.
@@ -207,7 +209,7 @@ def load_pretrained(model: nn.Module, path: Source) -> LoadReport:
     sd = extract_state_dict(obj, source)
     model = unwrap_model(model)
     model_state = model.state_dict()
-    conv, dropped = _convert(sd, model_state.keys())
+    conv, dropped = _convert(sd, model_state)
     fc = [k for k in conv.state if k.startswith("fc.")]
     _drop(conv, fc, "classifier of the pretraining task; the new task trains a fresh fc", dropped)
     reduce2 = [k for k in conv.state

@@ -188,12 +188,19 @@ def infer_num_classes(records: Dict[str, Sequence]) -> int:
 
 
 def resolve_input_config(data_cfg: DataConfig, input_config: InputConfig) -> InputConfig:
-    """The model's input config with ``data.crop_size`` / ``data.scale_size`` when set (train or
-    test at another resolution than the model's default)."""
-    if not (data_cfg.crop_size or data_cfg.scale_size):
-        return input_config
-    return dataclasses.replace(input_config, crop_size=data_cfg.crop_size or input_config.crop_size,
-                               scale_size=data_cfg.scale_size or input_config.scale_size)
+    """The model's input config with ``data.crop_size`` / ``data.scale_size`` (train or test at
+    another resolution than the model's default) and ``data.sampler`` / ``data.frame_interval``
+    (how the clip's frames are picked) when set. A frame interval alone changes a dense model's
+    interval; on a TSN model it is a ConfigError naming the key."""
+    changes: Dict[str, object] = {k: getattr(data_cfg, k) for k in ("crop_size", "scale_size") if getattr(data_cfg, k)}
+    if data_cfg.sampler is not None:
+        changes.update(sampler=data_cfg.sampler, frame_interval=data_cfg.frame_interval)
+    elif data_cfg.frame_interval is not None:
+        if input_config.sampler != "dense":
+            raise ConfigError(f"data.frame_interval={data_cfg.frame_interval} is for dense sampling, but the model's "
+                              f"input config samples {input_config.sampler!r}; set data.sampler=dense as well")
+        changes["frame_interval"] = data_cfg.frame_interval
+    return dataclasses.replace(input_config, **changes) if changes else input_config
 
 
 def _decode_spec(data_cfg: DataConfig, records: Sequence[VideoRecord]) -> DecodeSpec:
@@ -206,13 +213,14 @@ def _decode_spec(data_cfg: DataConfig, records: Sequence[VideoRecord]) -> Decode
 
 def build_datasets(data_cfg: DataConfig, records: Dict[str, Sequence], input_config: InputConfig, *,
                    num_classes: Optional[int], seed: int, max_consecutive_failures: int = 10) -> Dict[str, Dataset]:
-    """A VideoDataset per subset: train = random segments, multi-scale crop and flip; val (and
-    test) = segment centres, resize and centre crop; T = ``input_config.num_segments``. Videos with
+    """A VideoDataset per subset: train = random segments (or a random dense clip), multi-scale crop
+    and flip; val (and test) = segment centres (or the centre clip), resize and centre crop; T =
+    ``input_config.num_segments``, the sampling ``input_config.sampler``. Videos with
     fewer than 3 frames are dropped. ``input_config`` is the model's, with :func:`resolve_input_config`
     already applied (the trainer keeps it on the model); an unresolved one is a ValueError. With
     ``data.cache_views`` or ``data.cache_features`` the train set is K fixed views per video
     (:mod:`tcpnet.data.feature_cache`)."""
-    for key in ("crop_size", "scale_size"):
+    for key in ("crop_size", "scale_size", "sampler", "frame_interval"):
         wanted = getattr(data_cfg, key)
         if wanted and getattr(input_config, key) != wanted:
             raise ValueError(f"input_config.{key}={getattr(input_config, key)} but data.{key}={wanted}: pass "

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tcpnet.config import READERS
+from tcpnet.config import READERS, SAMPLERS
 from tcpnet.data.cache import load_clip_cached
 from tcpnet.data.clip import load_clip, probe
 from tcpnet.data.errors import Deadline, DecodeError, Timeout
@@ -200,8 +200,11 @@ class VideoDataset(Dataset):
         train: TSN random sampling, multi-scale crop, random flip (``flip=False`` for
         Something-Something); val: segment centres, resize + centre crop; test: ``views``
         "CROPSxCLIPS" (e.g. "3x10": full-resolution left/right/centre crops x 10 clips, the
-        released 30-view protocol; "1x1": one centre crop of the centre clip). ``dense`` uses
-        I3D-style dense sampling. Records with a known ``num_frames < min_frames`` are dropped
+        released 30-view protocol; "1x1": one centre crop of the centre clip). With the input
+        config's ``sampler="dense"`` the clip is T frames ``frame_interval`` apart
+        (:class:`~tcpnet.data.samplers.IntervalSampler`: train a random start, val the centre clip,
+        test ``clips`` starts spread from the video's start to its end). ``dense=True`` uses the
+        authors' I3D-style window instead (Python only). Records with a known ``num_frames < min_frames`` are dropped
         (the published reader drops ``< 3``). ``on_error`` defaults to "replace" for train/val and
         "raise" for test. Other keyword arguments go to :class:`VideoDataset`.
         """
@@ -209,9 +212,11 @@ class VideoDataset(Dataset):
         crops, clips = parse_views(views)
         if mode in ("train", "val") and (crops, clips) != (1, 1):
             raise ValueError(f"views={views!r}: only test mode has several views, {mode!r} has '1x1'")
+        interval = _frame_interval(cfg, dense)
         if dense and mode == "test" and clips == 1:
             clips = 10  # the authors' dense test always takes 10 starts
-        spec = ClipSpec(build_sampler(mode, int(cfg.num_segments), num_clips=clips, dense=dense),
+        spec = ClipSpec(build_sampler(mode, int(cfg.num_segments), num_clips=clips, dense=dense,
+                                      frame_interval=interval),
                         build_transform(mode, cfg, num_crops=crops, flip=flip, full_res=full_res), cfg)
         kwargs.setdefault("on_error", "raise" if mode == "test" else "replace")
         return cls(_keep_long_enough(records, min_frames, mode), root, spec, **kwargs)
@@ -337,6 +342,21 @@ class VideoDataset(Dataset):
     def __repr__(self) -> str:
         return (f"VideoDataset({len(self)} videos, root={self.root!r}, sampler={self.sampler!r}, "
                 f"on_error={self.on_error!r}, seed={self.seed})")
+
+
+def _frame_interval(cfg: InputConfig, authors_dense: bool) -> Optional[int]:
+    """The dense clip's frame interval the input config asks for, None for TSN segments; an
+    unknown sampler or a dense one without its interval is a ValueError naming the field."""
+    if cfg.sampler not in SAMPLERS:
+        raise ValueError(f"input_config.sampler: expected one of {SAMPLERS}, got {cfg.sampler!r}")
+    if cfg.sampler == "tsn":
+        return None
+    if cfg.frame_interval is None or int(cfg.frame_interval) < 1:
+        raise ValueError(f"input_config.sampler='dense' needs input_config.frame_interval >= 1, got {cfg.frame_interval!r}")
+    if authors_dense:
+        raise ValueError("dense=True (the authors' I3D window) and input_config.sampler='dense' both pick the "
+                         "clip's frames; use one")
+    return int(cfg.frame_interval)
 
 
 def _keep_long_enough(records: Sequence[VideoRecord], min_frames: int, mode: str) -> Sequence[VideoRecord]:

@@ -11,6 +11,10 @@ published quirks, are those of the authors' ``ops/dataset.py`` with ``new_length
 * :class:`TSNTestSampler` -- ``num_clips`` shifted copies of the segment grid (the authors'
   ``--ten_clips_sample`` for 10 clips, segment centres for 1 clip, TSM's "twice sample" for 2).
 * :class:`DenseSampler` -- I3D-style: ``T`` frames with stride ``64 // T`` in a 64-frame window.
+
+:class:`IntervalSampler` is the dense clip of the VideoMAE, Video Swin and X3D recipes instead:
+``T`` frames every ``frame_interval``-th from one start, the rule of mmaction2's ``SampleFrames``
+(the loader of those recipes in mmaction2; ``data.sampler: dense`` in a config).
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ __all__ = [
     "TSNValSampler",
     "TSNTestSampler",
     "DenseSampler",
+    "IntervalSampler",
     "build_sampler",
 ]
 
@@ -182,10 +187,63 @@ class DenseSampler(FrameSampler):
                 f"exclusive_bound={self.exclusive_bound})")
 
 
-def build_sampler(mode: str, num_segments: int, num_clips: int = 1, dense: bool = False) -> FrameSampler:
-    """The published sampler for ``mode`` in {"train", "val", "test"} (``num_clips`` for test)."""
+class IntervalSampler(FrameSampler):
+    """Dense clips of ``T`` frames every ``I = frame_interval``-th frame, mmaction2's ``SampleFrames``
+    (``mmaction/datasets/transforms/loading.py``, ``keep_tail_frames=False``, ``out_of_bound_opt='loop'``),
+    the sampling of the VideoMAE (16x4), Video Swin (32x2) and X3D (13x6, 16x5) recipes.
+
+    * ``mode="train"``: one clip from a random start ``U{0, F - T*I}`` (0 when ``F < T*I``).
+    * ``mode="val"``, and ``"test"`` with one clip: the centre clip, start ``max(F - ((T-1)*I + 1), 0) // 2``.
+    * ``mode="test"`` with ``N > 1`` clips: starts ``round(k * max_offset / (N-1))``, ``k = 0..N-1``,
+      ``max_offset = max(F - ((T-1)*I + 1), 0)``: the first clip at the video's start, the last at its
+      end, the others evenly between (NumPy's round half to even, as the official code).
+
+    Indices past the last frame wrap around (modulo ``F``), so a short video repeats from its start.
+    """
+
+    MODES = ("train", "val", "test")
+
+    def __init__(self, num_segments: int, frame_interval: int, mode: str = "train", num_clips: int = 1) -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"mode: expected one of {self.MODES}, got {mode!r}")
+        if int(frame_interval) < 1:
+            raise ValueError(f"frame_interval must be >= 1, got {frame_interval}")
+        super().__init__(num_segments, num_clips if mode == "test" else 1)
+        self.frame_interval = int(frame_interval)
+        self.mode = mode
+        self.random = mode == "train"
+
+    def starts(self, num_frames: int, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+        """The first frame of each clip (before wrapping), ``num_clips`` of them."""
+        F, T, I, N = _check_num_frames(num_frames), self.num_segments, self.frame_interval, self.num_clips
+        if self.mode == "train":
+            room = F - T * I + 1  # number of possible starts
+            return _rng_or_fresh(rng).integers(0, room, size=1) if room > 0 else np.zeros(1, dtype=np.int64)
+        max_offset = max(F - ((T - 1) * I + 1), 0)
+        if N == 1:
+            return np.array([max_offset // 2], dtype=np.int64)
+        return np.round(np.arange(N) * (max_offset / float(N - 1))).astype(np.int64)
+
+    def __call__(self, num_frames: int, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+        F = _check_num_frames(num_frames)
+        grid = np.arange(self.num_segments, dtype=np.int64) * self.frame_interval
+        return ((self.starts(F, rng)[:, None] + grid[None, :]) % F).reshape(-1).astype(np.int64)
+
+    def __repr__(self) -> str:
+        return (f"IntervalSampler(num_segments={self.num_segments}, frame_interval={self.frame_interval}, "
+                f"mode={self.mode!r}, num_clips={self.num_clips})")
+
+
+def build_sampler(mode: str, num_segments: int, num_clips: int = 1, dense: bool = False,
+                  frame_interval: Optional[int] = None) -> FrameSampler:
+    """The sampler for ``mode`` in {"train", "val", "test"} (``num_clips`` for test): TSN segments;
+    with ``frame_interval``, dense clips of ``num_segments`` frames that far apart
+    (:class:`IntervalSampler`, the ``data.sampler: dense`` of a config); with ``dense=True`` alone,
+    the authors' I3D-style 64-frame window (:class:`DenseSampler`)."""
     if mode not in ("train", "val", "test"):
         raise ValueError(f"mode: expected 'train', 'val' or 'test', got {mode!r}")
+    if frame_interval is not None:
+        return IntervalSampler(num_segments, frame_interval, mode, num_clips)
     if dense:
         return DenseSampler(num_segments, train=(mode != "test"), num_clips=num_clips)
     if mode == "train":
