@@ -273,7 +273,7 @@ class HeadClassifier(nn.Module):
         super().__init__()
         self.head, self.dropout, self.fc = model.head, model.dropout, model.fc
         self._owner = [model]  # a plain list: the Recognizer is not a sub-module (no backbone parameters here)
-        self.num_segments = model.pooled_segments()
+        self.num_segments = model.head_segments()
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         if maps.dim() != 5 or maps.shape[1] != self.num_segments:
