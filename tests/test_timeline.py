@@ -313,3 +313,14 @@ def test_command_files_json_lines_and_bad_file(video, tmp_path, capsys):
     src = html.split('src="', 1)[1].split('"', 1)[0]
     assert decode_image(src).size == Image.open(out / "walk.png").size
     assert not (out / "broken.json").exists()
+
+
+def test_command_refuses_bad_settings_in_one_line(video, tmp_path, capsys):
+    from tcpnet.cli import main
+
+    ckpt = save_model(small_model("tsn_tiny", num_classes=2), tmp_path / "m.pt")
+    for flag, value, words in (("--window", "0", "--window must be a positive number"),
+                               ("--smooth", "0", "--smooth must be a whole number >= 1")):
+        assert main(["timeline", video, "--checkpoint", str(ckpt), flag, value, "--out", str(tmp_path)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("tcpnet: error: ") and words in err[-1], err

@@ -40,6 +40,7 @@ __all__ = ["TimelineOptions", "Timeline", "Segment", "timeline_video", "timeline
            "json_lines", "plotted_classes", "timeline_page"]
 
 THUMB_HEIGHT = 72  # pixels of a thumbnail in the picture and the page
+PICTURE_COLORS = 256  # the PNG is stored as a palette image: a third of the size of full colour
 
 
 @dataclass
@@ -243,10 +244,10 @@ def score_windows(cache: FrameFeatureCache, path: str, windows: Sequence[Window]
     """Logits (W, K) of ``windows`` of the video at ``path``, decoding it once in order; each
     window is scored (``batch_windows`` at a time) as soon as its frames are in, and frames no
     later window needs are dropped. ``on_frame(index, frame)`` sees every decoded frame."""
-    wanted = sorted({k for w in windows for k in w.frames})
-    scorer = _Scorer(cache, windows, batch_windows, on_windows)
     from tcpnet.data.readers.pyav import iter_frames
 
+    wanted = sorted({k for w in windows for k in w.frames})
+    scorer = _Scorer(cache, windows, batch_windows, on_windows)
     for index, frame in iter_frames(path, wanted):
         if on_frame is not None:
             on_frame(index, frame)
@@ -438,14 +439,18 @@ def json_lines(tl: Timeline, topk: int = 5, segments: bool = False) -> Iterator[
 
 
 # ------------------------------------------------------------------------------ picture and page
-def plotted_classes(probs: torch.Tensor, count: int = 5) -> List[int]:
-    """The ``count`` classes with the highest maximum probability over the video (ties: higher
-    mean, then lower label): what the picture draws."""
+def plotted_classes(probs: torch.Tensor, count: int = 5, most: int = 8) -> List[int]:
+    """The classes the picture draws: every class that is the top class of some window (up to
+    ``most``), then others up to ``count``; each group by highest probability over the video
+    (ties: higher mean, then lower label)."""
     if probs.numel() == 0:
         return []
     peak, mean = probs.max(0).values.tolist(), probs.mean(0).tolist()
     order = sorted(range(probs.shape[1]), key=lambda c: (-peak[c], -mean[c], c))
-    return order[:min(count, probs.shape[1])]
+    top1 = set(probs.argmax(1).tolist())
+    first = [c for c in order if c in top1][:most]
+    rest = [c for c in order if c not in first]
+    return first + rest[:max(0, count - len(first))]
 
 
 def _picture(tl: Timeline, segs: Optional[List[Segment]]) -> bytes:
@@ -463,7 +468,7 @@ def _picture(tl: Timeline, segs: Optional[List[Segment]]) -> bytes:
                             duration=max(tl.duration, tl.windows[-1].end), thumbnails=tl.thumbnails,
                             segments=bands, title=title,
                             ylabel="probability (sigmoid)" if tl.multi_label else "probability")
-    return to_png(image)
+    return to_png(image, colors=PICTURE_COLORS)
 
 
 def _details(tl: Timeline) -> List[Tuple[str, str]]:
@@ -493,7 +498,7 @@ def timeline_page(tl: Timeline, png: bytes, segs: Optional[List[Segment]], topk:
         body.append(section("Segments", table(["class", "start (s)", "end (s)", "mean prob", "", "windows"], [
             (s.name, f"{s.start:.2f}", f"{s.end:.2f}", f"{s.prob:.3f}", bar(s.prob), str(s.last_window - s.first_window + 1))
             for s in segs], numeric=(1, 2, 3, 5), bars=(4,)), "consecutive windows with the same top class"))
-    classes = plotted_classes(probs, max(5, topk))
+    classes = plotted_classes(probs, max(5, topk), most=20)
     body.append(section("Top classes", table(["class", "max prob", "mean prob", "windows as top-1"], [
         (tl.class_names[c], f"{float(probs[:, c].max()):.3f}", f"{float(probs[:, c].mean()):.3f}",
          str(top1.count(c))) for c in classes], numeric=(1, 2, 3)), "by highest probability in any window"))
