@@ -322,7 +322,7 @@ def test_fuse_scores_single_and_ensemble():
 
 def test_help_of_every_command(capsys):
     from tcpnet.cli import build_parser
-    for cmd in ("train", "test", "predict", "export", "flops", "convert", "prepare", "synth", "demo", "models"):
+    for cmd in ("train", "test", "predict", "timeline", "export", "flops", "convert", "prepare", "synth", "demo", "models"):
         with pytest.raises(SystemExit) as e:
             build_parser().parse_args([cmd, "-h"])
         assert e.value.code == 0 and capsys.readouterr().out.startswith(f"usage: tcpnet {cmd}")

@@ -324,3 +324,20 @@ def test_command_refuses_bad_settings_in_one_line(video, tmp_path, capsys):
         assert main(["timeline", video, "--checkpoint", str(ckpt), flag, value, "--out", str(tmp_path)]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("tcpnet: error: ") and words in err[-1], err
+
+
+def test_short_video_and_labels_file(tmp_path, capsys):
+    """A video shorter than one window gets one window over all of it (the test sampler's
+    frames); --labels names the classes."""
+    from tcpnet.cli import main
+
+    path = write_video(tmp_path / "short.mp4", make_frames(12, 48, 64, seed=8), fps=FPS)
+    ckpt = save_model(small_model("tsn_tiny", num_classes=2), tmp_path / "m.pt")
+    (tmp_path / "names.txt").write_text("left\nright\n")
+    assert main(["timeline", str(path), "--checkpoint", str(ckpt), "--labels", str(tmp_path / "names.txt"),
+                 "--out", str(tmp_path / "out"), "--json"]) == 0
+    (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert (line["index"], line["start"], line["end"]) == (0, 0.0, 0.75)
+    assert {t["name"] for t in line["topk"]} == {"left", "right"}
+    doc = json.loads((tmp_path / "out" / "short.json").read_text())
+    assert doc["windows"][0]["frames"] == [int(1.5 / 2 + 1.5 * x) for x in range(8)]
