@@ -323,7 +323,7 @@ def test_fuse_scores_single_and_ensemble():
 def test_help_of_every_command(capsys):
     from tcpnet.cli import _COMMANDS, build_parser
     names = [row[0] for row in _COMMANDS]
-    assert {"train", "test", "predict", "export", "flops", "convert", "prepare", "synth", "demo", "models"} <= set(names)
+    assert {"train", "test", "predict", "timeline", "stream", "extract", "export", "flops", "convert", "prepare", "synth", "demo", "models"} <= set(names)
     for cmd in names:
         with pytest.raises(SystemExit) as e:
             build_parser().parse_args([cmd, "-h"])

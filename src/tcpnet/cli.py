@@ -1,6 +1,7 @@
 """The ``tcpnet`` command: parses arguments, configures logging and calls the library.
 
-Sub-commands: train, test, predict, stream, extract, explain, export, flops, convert, prepare, synth, demo, models.
+Sub-commands: train, test, predict, timeline, stream, extract, explain, export, flops, convert, prepare, synth,
+demo, models.
 Errors in the inputs (config keys/types, missing files, undecodable videos, bad checkpoints)
 end with one ``tcpnet: error: ...`` message on stderr and a non-zero exit code; ``--debug``
 shows the traceback instead. Run ``tcpnet <command> -h`` for each command's options.
@@ -265,6 +266,34 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_ERROR if any("error" in r for r in results) else 0
 
 
+def cmd_timeline(args: argparse.Namespace) -> int:
+    from tcpnet.checkpoints import build_model_from_checkpoint
+    from tcpnet.engine.distributed import resolve_device
+    from tcpnet.apps.predict import read_labels
+    from tcpnet.apps.timeline import TimelineOptions, json_lines, output_stem, timeline_videos, write_timeline
+
+    _reuse_freed_memory()
+    device = resolve_device(args.device)
+    model = build_model_from_checkpoint(args.checkpoint).to(device)
+    names = read_labels(args.labels, int(model.num_classes)) if args.labels else None
+    options = TimelineOptions(window=args.window, stride=args.stride, topk=args.topk, smooth=args.smooth,
+                              progress=sys.stderr.isatty())
+    failed, stems = 0, set()
+    for tl in timeline_videos(model, args.videos, options, class_names=names, device=device):
+        if tl.error:
+            print(f"tcpnet: error: {tl.error}", file=sys.stderr)
+            failed += 1
+            continue
+        files = write_timeline(tl, args.out, stem=output_stem(tl.video, stems), topk=args.topk, segments=args.segments)
+        if args.json:
+            for line in json_lines(tl, args.topk, args.segments):
+                print(json.dumps(line), flush=True)
+        else:
+            print(f"{tl.video}: {len(tl.windows)} windows of {tl.window:g} s every {tl.stride:g} s in {tl.seconds:.1f} s "
+                  f"({tl.duration / max(tl.seconds, 1e-9):.1f}x real time) -> {files['html']}")
+    return EXIT_ERROR if failed else 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from tcpnet.checkpoints import build_model_from_checkpoint, check_not_same_file
     from tcpnet.apps.export import export_model
@@ -484,6 +513,24 @@ def _explain_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
 
 
+def _timeline_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("videos", nargs="+", metavar="VIDEO")
+    p.add_argument("--checkpoint", required=True, metavar="PATH")
+    p.add_argument("--window", type=float, default=2.0, metavar="SECONDS", help="window length (default 2.0)")
+    p.add_argument("--stride", type=float, default=0.5, metavar="SECONDS",
+                   help="time between window starts, rounded to a whole number of window/T segments (default 0.5)")
+    p.add_argument("--out", default="timeline", metavar="DIR",
+                   help="where <video>.csv/.json/.png/.html go (default ./timeline)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per window (and segment) per line")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--labels", metavar="FILE", help="class names, one per line (default: from the checkpoint)")
+    p.add_argument("--smooth", type=int, default=1, metavar="N",
+                   help="moving average of the probabilities over N windows, centred (default 1: none)")
+    p.add_argument("--segments", action="store_true",
+                   help="merge consecutive windows with the same top class into segments (<video>.segments.csv/.json)")
+    p.add_argument("--device", default="auto")
+
+
 def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="PATH")
     p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
@@ -601,6 +648,8 @@ _COMMANDS: Tuple[Tuple[str, Callable[[argparse.Namespace], int], str, Optional[s
      "multi-view test of one checkpoint or an ensemble (torchrun-aware). " + _TEST_FILES, _test_options),
     ("predict", cmd_predict, "top-k classes of video files, or of a list into JSON lines (--list)", None,
      _predict_options),
+    ("timeline", cmd_timeline, "label a long video window by window: CSV, JSON, a picture and an HTML page "
+     "per video", None, _timeline_options),
     ("extract", cmd_extract, "features of every video of a list (TCP vector or backbone), sharded "
      "safetensors + index.json; torchrun-aware, resumable", None, _extract_options),
     ("stream", cmd_stream, "label a live stream (camera, URL, stdin, file) window by window, dropping frames "

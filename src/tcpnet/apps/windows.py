@@ -153,6 +153,8 @@ class FrameFeatureCache:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.eval()
         self.device = device or next(model.parameters()).device
+        # frames go in as the model's floating dtype (float64 or half models work too; autocast still applies)
+        self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         self.amp = amp
         self.batch_size = int(batch_size)
         can_share = shares_frames(model)
@@ -200,7 +202,7 @@ class FrameFeatureCache:
         todo = [k for k in dict.fromkeys(keys) if k not in self._maps]
         for i in range(0, len(todo), self.batch_size):
             chunk = todo[i:i + self.batch_size]
-            batch = torch.stack([self._frames[k] for k in chunk]).to(self.device)
+            batch = torch.stack([self._frames[k] for k in chunk]).to(self.device, self.dtype)
             with autocast_context(self.device, self.amp):
                 maps = self.model.backbone(batch)
             self.backbone_frames += len(chunk)
@@ -226,7 +228,7 @@ class FrameFeatureCache:
                 out = model.forward_head(model.head(maps, t))
             else:
                 clips = torch.stack([torch.stack([self._frames[k] for k in w], dim=1) for w in windows])
-                out = model(clips.to(self.device))
+                out = model(clips.to(self.device, self.dtype))
                 self.backbone_frames += t * len(windows)
         self.windows += len(windows)
         return out.float().cpu()
