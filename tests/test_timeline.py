@@ -166,6 +166,9 @@ def test_video_backbone_falls_back_in_the_cache():
     got = torch.cat([cache.logits(windows[:1]), cache.logits(windows[1:])])
     assert not cache.shared and cache.backbone_frames == 8 and "runs the whole model" in cache.describe()
     assert_close(got, reference_logits(model, frames, windows))
+    assert "dense" not in cache.describe()  # TSN-sampled: nothing to say about the window length
+    model.input_config = dataclasses.replace(model.input_config, sampler="dense", frame_interval=6)
+    assert "dense clips of 4 frames 6 apart (24 frames, 0.80 s at 30 fps" in FrameFeatureCache(model).describe()
 
 
 def test_fallback_model_is_correct_and_said_once(video, tmp_path, caplog):

@@ -30,7 +30,7 @@ from tcpnet.engine.evaluate import autocast_context
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Window", "WindowGrid", "FrameFeatureCache", "shares_frames", "preprocess_frames"]
+__all__ = ["Window", "WindowGrid", "FrameFeatureCache", "shares_frames", "preprocess_frames", "dense_note"]
 
 
 @dataclass(frozen=True)
@@ -237,6 +237,21 @@ class FrameFeatureCache:
         """One line on how windows are computed (said once by the commands)."""
         name = getattr(self.model, "model_name", None) or type(self.model).__name__
         if self.shared:
-            return f"{name}: per-frame backbone, each frame's features computed once and shared by the windows"
-        return (f"{name}: its backbone mixes frames (temporal modules, 3-D or token backbone), so every window "
-                f"runs the whole model ({self.num_segments} backbone frames per window)")
+            how = f"{name}: per-frame backbone, each frame's features computed once and shared by the windows"
+        else:
+            how = (f"{name}: its backbone mixes frames (temporal modules, 3-D or token backbone), so every window "
+                   f"runs the whole model ({self.num_segments} backbone frames per window)")
+        return how + dense_note(self.model)
+
+
+def dense_note(model: nn.Module) -> str:
+    """For a model trained on dense clips (``sampler: dense``), what window matches its training:
+    a window spreads its T frames over ``--window`` seconds, the model saw T frames
+    ``frame_interval`` apart (empty for TSN-sampled models, which saw whole videos)."""
+    config = model.input_config
+    if getattr(config, "sampler", "tsn") != "dense" or not config.frame_interval:
+        return ""
+    span = config.num_segments * config.frame_interval
+    return (f"; it was trained on dense clips of {config.num_segments} frames {config.frame_interval} apart "
+            f"({span} frames, {span / 30:.2f} s at 30 fps, {span / 25:.2f} s at 25 fps): a --window of that "
+            "length shows it frames spaced as in training")
