@@ -146,14 +146,15 @@ def test_orphan_shard_and_torn_journal_line_are_redone(setup, reference, tmp_pat
     lines = journal.read_text().splitlines(keepends=True)
     (out / "index.json").unlink()
     journal.write_text(lines[0] + lines[1][:17])  # shard 1 orphaned and its line torn; shard 2 orphaned
-    (out / "features-r0-00004.safetensors.tmp").write_bytes(b"half")
+    (out / ".features-r0-00004.safetensors.k3x9.tmp").write_bytes(b"half")  # what atomic_write leaves after a kill
+    (out / ".index.json.q1w2.tmp").write_bytes(b"{")
     res = extract_features(model, coll, str(out), opts, checkpoint=str(ckpt))
     assert res.stats.committed_before == 3 and res.stats.done_here == 6
     got = load_set(out)
     assert sorted(got) == sorted(want)
     for p in want:
         np.testing.assert_array_equal(got[p], want[p])
-    assert not list(out.glob("*.tmp")) and len(list(out.glob("features-*"))) == 3
+    assert not list(out.glob(".*.tmp")) and not list(out.glob("*.tmp")) and len(list(out.glob("features-*"))) == 3
 
 
 SLOW_EXTRACT = """

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from tcpnet.checkpoints.io import atomic_write
 from tcpnet.config import DataConfig
 from tcpnet.data.errors import DecodeError
 from tcpnet.data.formats import ListSource, frame_template_for, get_list_format
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Collection", "read_collection", "looks_like_list", "file_sha256", "claim_output", "read_lines",
            "open_append", "my_share", "build_clip_dataset", "iter_clips", "progress_bar", "Sink", "Job", "RunStats",
-           "run_collection", "fsync_replace", "ranks"]
+           "run_collection", "ranks"]
 
 LIST_SUFFIXES = (".txt", ".csv", ".lst", ".list", ".tsv")
 
@@ -153,23 +154,13 @@ def claim_output(job_file: Path, job: Dict[str, Any], compare: Sequence[str], ra
         return True
     if rank == 0:
         job_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = job_file.with_name(job_file.name + ".tmp")
-        tmp.write_text(json.dumps(job, indent=2) + "\n")
-        fsync_replace(tmp, job_file)
+        atomic_write(job_file, lambda tmp: Path(tmp).write_text(json.dumps(job, indent=2) + "\n"))
     return False
 
 
 def _short(value: Any) -> str:
     text = str(value)
     return text[:12] if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text
-
-
-def fsync_replace(tmp: Path, final: Path) -> None:
-    """Make the written ``tmp`` durable, then rename it to ``final`` in one step: a reader (or a
-    rerun after a kill) sees the whole file or none of it."""
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
 
 
 def read_lines(path: Path) -> List[Dict[str, Any]]:

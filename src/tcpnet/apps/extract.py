@@ -31,9 +31,10 @@ import torch
 from torch import nn
 
 from tcpnet.apps.collection import (
-    Collection, Job, RunStats, build_clip_dataset, file_sha256, fsync_replace, open_append, ranks, read_lines,
+    Collection, Job, RunStats, build_clip_dataset, file_sha256, open_append, ranks, read_lines,
     run_collection,
 )
+from tcpnet.checkpoints.io import atomic_write
 from tcpnet.config import parse_views
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,9 @@ __all__ = ["LEVELS", "ExtractOptions", "ExtractResult", "FeatureShards", "video_
 
 LEVELS = ("head", "backbone")
 INDEX_VERSION = 1
-_SHARD = re.compile(r"features-r(\d+)-(\d+)\.safetensors(\.tmp)?$")
+_SHARD = re.compile(r"features-r(\d+)-(\d+)\.safetensors$")
+# what checkpoints.io.atomic_write leaves when a kill lands mid-write: ".<name>.<random>.tmp"
+_PARTIAL = re.compile(r"\.(features-r(\d+)-\d+\.safetensors|index\.json)\..*\.tmp$")
 
 
 @dataclass
@@ -110,8 +113,13 @@ class FeatureShards:
         self.number = len(read_lines(self.journal_file))
         for path in self.out.glob(f"features-r{rank}-*"):
             m = _SHARD.match(path.name)
-            if m and (m.group(3) or int(m.group(2)) >= self.number):
+            if m and int(m.group(2)) >= self.number:
                 logger.info("removing %s (written by a run that was stopped before committing it)", path)
+                path.unlink()
+        for path in self.out.glob(".*.tmp"):
+            m = _PARTIAL.match(path.name)
+            if m and (m.group(2) is None and rank == 0 or m.group(2) == str(rank)):
+                logger.info("removing %s (a write that a stopped run left half-done)", path)
                 path.unlink()
 
     def committed(self) -> Set[str]:
@@ -144,11 +152,10 @@ class FeatureShards:
             from safetensors.torch import save_file
 
             name = f"features-r{self.rank}-{self.number:05d}.safetensors"
-            tmp = self.out / (name + ".tmp")
-            save_file({"features": torch.stack([f for _, f in self.rows]).contiguous()}, str(tmp),
-                      metadata={"videos": json.dumps([p for p, _ in self.rows]), "level": self.options.level,
-                                "views": self.options.views})
-            fsync_replace(tmp, self.out / name)
+            tensors = {"features": torch.stack([f for _, f in self.rows]).contiguous()}
+            metadata = {"videos": json.dumps([p for p, _ in self.rows]), "level": self.options.level,
+                        "views": self.options.views}
+            atomic_write(self.out / name, lambda tmp: save_file(tensors, tmp, metadata=metadata))
         entry = {"shard": name, "videos": [p for p, _ in self.rows], "bad": self.bad}
         with open_append(self.journal_file) as f:
             f.write(json.dumps(entry) + "\n")
@@ -181,9 +188,7 @@ class FeatureShards:
         index = dict(self.job, format="tcpnet-features", version=INDEX_VERSION, dim=dim, dtype="float32",
                      tensor="features", num_videos=len(ordered), num_bad=sum("error" in v for v in ordered.values()),
                      class_names=self.coll.class_names, shards=sorted(shards), videos=ordered)
-        tmp = self.out / "index.json.tmp"
-        tmp.write_text(json.dumps(index, indent=1) + "\n")
-        fsync_replace(tmp, self.out / "index.json")
+        atomic_write(self.out / "index.json", lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1) + "\n"))
 
     def _entries(self) -> List[Dict[str, Any]]:
         return [e for path in sorted((self.out / "journal").glob("rank*.jsonl")) for e in read_lines(path)]
