@@ -43,10 +43,18 @@ def test_data_of_other_settings_is_regenerated_and_a_broken_manifest_refused(tmp
 
 @pytest.mark.slow
 def test_quick_demo_cli_twice_in_the_same_folder(tmp_path):
-    """`tcpnet demo --quick --out D` twice (1 iteration per epoch): the second run reuses D/data_quick."""
+    """`tcpnet demo --quick --out D` (smoke size, 1 iteration per epoch) run outside the repository,
+    twice: the first run writes the table, results and picture; the second reuses D/data_quick."""
     cmd = [sys.executable, "-m", "tcpnet", "demo", "--quick", "--out", "D", "train.max_iters_per_epoch=1"]
-    for _ in range(2):
+    for run in range(2):
         proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "overwrite" not in proc.stdout + proc.stderr and "within-pair" in proc.stdout
+        if run == 0:  # from any directory: the results of a whole quick demo
+            assert "TCP" in proc.stdout and "GAP" in proc.stdout
+            res = json.loads((tmp_path / "D/results.json").read_text())
+            assert set(res["results"]) == {"TCP", "GAP"} and res["quick"] is True
+            for r in res["results"].values():
+                assert 0 <= r["top1"] <= 100 and 0 <= r["within_pair"] <= 100 and r["val_videos"] == 32
+            assert (tmp_path / "D/demo.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "D/results.json").read_text())["quick"] is True
