@@ -5,6 +5,7 @@ one line, a killed build leaves nothing that reads as complete, the config refus
 work on cached maps, and training on the cache ends with the weights of training on the decoded
 views, also after a SIGKILL and resume. Real models and real H.264 mp4s (PyAV)."""
 import dataclasses
+import json
 import os
 import pickle
 import signal
@@ -150,9 +151,11 @@ def test_a_killed_build_leaves_nothing_that_reads_as_complete(data, tmp_path):
 
 
 def _args(data: Path, out: Path, *extra: str) -> list:
-    """8 videos, batch 4: 2 iterations per epoch, 2 epochs, frozen backbone, K=1 fixed view."""
+    """8 videos, batch 4: 2 iterations per epoch, 2 epochs, frozen backbone, K=1 fixed view; 4 val
+    videos validated every epoch, with the EMA weights as well."""
     return ["model.name=tcp_tiny", "model.num_segments=4", "model.kwargs.dim=8", "model.kwargs.mid_channels=16",
-            "model.dropout=0.3", f"data.root={data}", f"data.train_list={data}/train.txt", "data.num_workers=0",
+            "model.dropout=0.3", f"data.root={data}", f"data.train_list={data}/train.txt",
+            f"data.val_list={data}/val.txt", "train.ema_decay=0.5", "data.num_workers=0",
             "data.crop_size=48", "data.scale_size=56", "data.cache_views=1", "train.epochs=2", "train.batch_size=4",
             "train.lr=0.05", "train.lr_steps=[1]", "train.log_every=1", "train.freeze_backbone=true",
             "train.checkpoint_every=1", "test.batch_size=4", f"output_dir={out}", "seed=5", "device=cpu", *extra]
@@ -163,34 +166,94 @@ def _max_diff(a: dict, b: dict) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
+def _val_records(out: Path) -> list:
+    """The validation metrics of each epoch record of a run (every ``val_*`` field but the time)."""
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in r.items() if k.startswith("val_") and k != "val_time"}
+            for r in map(json.loads, lines) if r["event"] == "epoch"]
+
+
+def _record_diff(a: list, b: list) -> float:
+    """Max |difference| of the numbers of two runs' val records (same epochs, same fields)."""
+    assert len(a) == len(b) and all(set(x) == set(y) for x, y in zip(a, b)) and "val_ema_top1" in a[0]
+    return max(abs(x[k] - y[k]) for x, y in zip(a, b) for k in x)
+
+
+def _result(res: dict) -> dict:
+    return {"weights": {k: v.clone() for k, v in res["model"].state_dict().items()},
+            "val": _val_records(Path(res["output_dir"])), "logits": res["last_eval"].view_logits.clone()}
+
+
 @pytest.fixture(scope="module")
 def uncached(data, tmp_path_factory):
-    """The reference: frozen probing on the decoded fixed views (no cache)."""
+    """The reference: frozen probing on the decoded fixed views, validated on decoded clips (no cache)."""
     out = tmp_path_factory.mktemp("plain") / "run"
-    return {k: v.clone() for k, v in train(load_config(None, _args(data, out)))["model"].state_dict().items()}
+    return _result(train(load_config(None, _args(data, out))))
 
 
 @pytest.fixture(scope="module")
 def cached16(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("c16")
     res = train(load_config(None, _args(data, out / "run", f"data.cache_features={out / 'cache'}")))
-    return out, {k: v.clone() for k, v in res["model"].state_dict().items()}
+    return out, _result(res)
 
 
 def test_cached_training_ends_with_the_weights_of_uncached_training(data, tmp_path, uncached, cached16):
     """2 epochs, K=1, seed 5: a float32 cache gives the uncached run's weights within 1e-6 (measured:
     0, bit for bit); a float16 cache within 1e-3 (measured max |diff| about 6e-5: the maps carry
-    2^-11 relative rounding). The result is a whole model that predicts on clips."""
-    res = train(load_config(None, _args(data, tmp_path / "run", f"data.cache_features={tmp_path / 'c32'}",
-                                        "data.cache_dtype=float32")))
-    assert _max_diff(res["model"].state_dict(), uncached) <= 1e-6
-    d16 = _max_diff(cached16[1], uncached)
+    2^-11 relative rounding). Validation on the cached val maps (model and EMA) gives the uncached
+    run's val records (top-1/top-5/loss/mean class acc per epoch) and last val logits within 1e-6
+    with float32 (measured: 0, bit for bit); float16 within 1e-3 (measured: val records 9e-6, the
+    losses; logits 5e-5). The result is a whole model that predicts on clips."""
+    done = train(load_config(None, _args(data, tmp_path / "run", f"data.cache_features={tmp_path / 'c32'}",
+                                         "data.cache_dtype=float32")))
+    res = _result(done)
+    assert _max_diff(res["weights"], uncached["weights"]) <= 1e-6
+    assert _record_diff(res["val"], uncached["val"]) <= 1e-6
+    assert _max_diff({"l": res["logits"]}, {"l": uncached["logits"]}) <= 1e-6
+    assert sorted(os.listdir(tmp_path / "c32")) == ["train.bin", "train.json", "val.bin", "val.json"]
+    d16 = _max_diff(cached16[1]["weights"], uncached["weights"])
     assert 0 < d16 <= 1e-3, d16
-    assert res["model"].eval()(torch.zeros(1, 3, 4, 48, 48)).shape == (1, 4)
+    assert _max_diff({"l": cached16[1]["logits"]}, {"l": uncached["logits"]}) <= 1e-3
+    assert _record_diff(cached16[1]["val"], uncached["val"]) <= 1e-3
+    assert done["model"].eval()(torch.zeros(1, 3, 4, 48, 48)).shape == (1, 4)
     with pytest.raises(CacheMismatch, match=r"^data.cache_features=.*made for another weights .*; "
                        r"seed \(cache 5, run 6\): set data.cache_rebuild"):
         train(load_config(None, _args(data, tmp_path / "other", f"data.cache_features={tmp_path / 'c32'}",
                                       "data.cache_dtype=float32", "seed=6")))  # seed 6 draws other random weights
+    (tmp_path / "val3.txt").write_text("".join((data / "val.txt").read_text().splitlines(True)[:3]))
+    with pytest.raises(CacheMismatch, match=r"^data.cache_features=.*: val.json was made for another videos "
+                       r"\(cache '4 videos, .*run '3 videos, [^;]*: set data.cache_rebuild"):
+        train(load_config(None, _args(data, tmp_path / "val3", f"data.cache_features={tmp_path / 'c32'}",
+                                      "data.cache_dtype=float32", f"data.val_list={tmp_path / 'val3.txt'}")))
+    assert not (tmp_path / "val3" / "last.pt").exists()  # refused before any work
+    train(load_config(None, _args(data, tmp_path / "val3", f"data.cache_features={tmp_path / 'c32'}",
+                                  "data.cache_dtype=float32", f"data.val_list={tmp_path / 'val3.txt'}",
+                                  "data.cache_rebuild=true")))
+    assert json.loads((tmp_path / "c32" / "val.json").read_text())["shape"][:2] == [3, 1]
+
+
+def test_cached_validation_names_the_videos_of_nonfinite_logits(data, tmp_path):
+    """Validation on cached maps keeps evaluate's checks: a NaN classifier is an error naming the
+    val videos (their paths, from the cached dataset's records)."""
+    from tcpnet.data.build import IndexedSubset
+    from tcpnet.engine.evaluate import NonFiniteLogitsError, evaluate
+    model = _tiny()
+    cfg = load_config(None, [f"data.root={data}", f"data.val_list={data}/val.txt"])
+    views = FixedViews.from_config(read_lists(cfg.data)["val"], str(data), model.input_config, num_views=1, seed=0)
+    store = FeatureStore(tmp_path, "val")
+    build_feature_cache(model, views, store, cache_key(views, model="tcp_tiny", backbone=model.backbone,
+                                                       dtype="float32", flip=True), device=torch.device("cpu"))
+    loader = torch.utils.data.DataLoader(IndexedSubset(CachedMapsDataset(views, store), range(len(views))), batch_size=2)
+    clips = torch.utils.data.DataLoader(IndexedSubset(VideoDataset.from_config(views.records, str(data),
+                                        model.input_config, mode="val"), range(len(views))), batch_size=2)
+    cpu = torch.device("cpu")
+    assert torch.equal(evaluate(model.head_classifier(), loader, device=cpu).view_logits,
+                       evaluate(model, clips, device=cpu).view_logits)
+    with torch.no_grad():
+        model.fc.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteLogitsError, match=rf"for 4 of 4 video\(s\): {views.records[0].path}, "):
+        evaluate(model.head_classifier(), loader, device=cpu)
 
 
 SCRIPT = """
@@ -227,8 +290,9 @@ def test_sigkill_and_resume_with_the_cache_is_exact(data, tmp_path, cached16):
     assert proc.wait(timeout=60) == -signal.SIGKILL, "the run ended before it could be killed"
     done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=ENV, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert _max_diff(torch.load(out / "final.pt", weights_only=True), cached16[1]) <= 1e-6
-    assert sorted(os.listdir(cache)) == ["train.bin", "train.json"]
+    assert _max_diff(torch.load(out / "final.pt", weights_only=True), cached16[1]["weights"]) <= 1e-6
+    assert sorted(os.listdir(cache)) == ["train.bin", "train.json", "val.bin", "val.json"]
+    assert _record_diff(_val_records(out), cached16[1]["val"]) <= 1e-6
 
 
 def _wait_for_checkpoint(path: Path, *, epoch: int, it: int, proc: subprocess.Popen, timeout: float = 120) -> None:

@@ -218,7 +218,8 @@ def build_datasets(data_cfg: DataConfig, records: Dict[str, Sequence], input_con
     ``input_config.num_segments``, the sampling ``input_config.sampler``. Videos with
     fewer than 3 frames are dropped. ``input_config`` is the model's, with :func:`resolve_input_config`
     already applied (the trainer keeps it on the model); an unresolved one is a ValueError. With
-    ``data.cache_views`` or ``data.cache_features`` the train set is K fixed views per video
+    ``data.cache_views`` or ``data.cache_features`` the train set is K fixed views per video, and
+    with ``data.cache_features`` the val set is the cached maps of its centre views
     (:mod:`tcpnet.data.feature_cache`)."""
     for key in ("crop_size", "scale_size", "sampler", "frame_interval"):
         wanted = getattr(data_cfg, key)
@@ -233,27 +234,32 @@ def build_datasets(data_cfg: DataConfig, records: Dict[str, Sequence], input_con
                     recs, data_cfg.root, input_config, mode="train" if subset == "train" else "val",
                     flip=data_cfg.flip, num_classes=num_classes, multi_label=data_cfg.multi_label, seed=seed,
                     max_consecutive_failures=max_consecutive_failures, decode=_decode_spec(data_cfg, recs))
-                for subset, recs in records.items() if subset != "train" or not _fixed_views(data_cfg)}
-    if "train" in records and _fixed_views(data_cfg):
-        datasets["train"] = _fixed_view_train_set(data_cfg, records["train"], input_config,
-                                                  num_classes=num_classes, seed=seed)
+                for subset, recs in records.items() if subset not in _fixed_view_subsets(data_cfg)}
+    for subset in _fixed_view_subsets(data_cfg) & set(records):
+        datasets[subset] = _fixed_view_set(data_cfg, subset, records[subset], input_config,
+                                           num_classes=num_classes, seed=seed)
     return datasets
 
 
-def _fixed_views(data_cfg: DataConfig) -> bool:
-    """Training on K fixed views per video: with a feature cache, or ``data.cache_views`` set without one."""
-    return bool(data_cfg.cache_features) or data_cfg.cache_views is not None
+def _fixed_view_subsets(data_cfg: DataConfig) -> set:
+    """The subsets read as fixed views: train with ``data.cache_views`` or ``data.cache_features``,
+    and val (its centre view, the one clip validation feeds the model) with ``data.cache_features``."""
+    if data_cfg.cache_features:
+        return {"train", "val"}
+    return {"train"} if data_cfg.cache_views is not None else set()
 
 
-def _fixed_view_train_set(data_cfg: DataConfig, records: Sequence, input_config: InputConfig, *,
-                          num_classes: Optional[int], seed: int) -> Dataset:
-    """The train set of ``data.cache_views`` fixed views: the backbone's cached maps with
-    ``data.cache_features`` (built by the trainer before the first epoch reads them), else the clips."""
-    views = FixedViews.from_config(records, data_cfg.root, input_config, num_views=data_cfg.cache_views or 1,
+def _fixed_view_set(data_cfg: DataConfig, subset: str, records: Sequence, input_config: InputConfig, *,
+                    num_classes: Optional[int], seed: int) -> Dataset:
+    """The ``data.cache_views`` fixed views of the train videos (1 for val: the centre view): the
+    backbone's cached maps in ``<data.cache_features>/<subset>.bin`` with a feature cache (built by
+    the trainer before they are read), else the decoded clips."""
+    views = FixedViews.from_config(records, data_cfg.root, input_config,
+                                   num_views=(data_cfg.cache_views or 1) if subset == "train" else 1,
                                    seed=seed, flip=data_cfg.flip, num_classes=num_classes,
                                    multi_label=data_cfg.multi_label, decode=_decode_spec(data_cfg, records))
     if data_cfg.cache_features:
-        return CachedMapsDataset(views, FeatureStore(data_cfg.cache_features, "train"))
+        return CachedMapsDataset(views, FeatureStore(data_cfg.cache_features, subset))
     return FixedViewDataset(views)
 
 

@@ -142,17 +142,30 @@ def run_epoch(run: Run, ctx: LoopContext) -> float:
     return time.time() - t0
 
 
+def _val_model(model: nn.Module, cached: bool) -> nn.Module:
+    """What validation runs: ``model``, or with a feature cache (the val loader yields the frozen
+    backbone's cached maps) its :meth:`~tcpnet.models.Recognizer.head_classifier`, in the model's
+    mode, so evaluation leaves the model in the mode it found it in, as without a cache."""
+    if not cached:
+        return model
+    owner = unwrap_model(model)
+    head = owner.head_classifier()
+    head.training = owner.training  # the flag alone: train() would apply the model's mode rules again
+    return head
+
+
 def _validate_epoch(run: Run, epoch: int) -> Tuple[Dict[str, Any], Optional[EvalResult]]:
     cfg, tc = run.cfg, run.cfg.train
     if run.val_loader is None or not ((epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs):
         return {}, None
     progress = run.is_main and sys.stderr.isatty()
-    res = validate(run.state.model, run.val_loader, device=run.device, fusion=cfg.test.fusion, amp=tc.amp,
-                   num_classes=run.num_classes, progress=progress)
+    cached = bool(cfg.data.cache_features)
+    res = validate(_val_model(run.state.model, cached), run.val_loader, device=run.device, fusion=cfg.test.fusion,
+                   amp=tc.amp, num_classes=run.num_classes, progress=progress)
     metrics = {k: v for k, v in res.metrics.items() if k != "confusion_matrix"}
     if run.state.ema is not None:
-        ema_res = validate(run.state.ema.module, run.val_loader, device=run.device, fusion=cfg.test.fusion,
-                           amp=tc.amp, num_classes=run.num_classes, progress=progress)
+        ema_res = validate(_val_model(run.state.ema.module, cached), run.val_loader, device=run.device,
+                           fusion=cfg.test.fusion, amp=tc.amp, num_classes=run.num_classes, progress=progress)
         metrics.update({f"ema_{k}": v for k, v in ema_res.metrics.items() if k != "confusion_matrix"})
     return metrics, res
 
@@ -179,7 +192,9 @@ def end_epoch(run: Run, ctx: LoopContext, epoch_time: float) -> Tuple[Dict[str, 
     state = run.state
     epoch = state.epoch
     record = _epoch_record(run, ctx, epoch, epoch_time)
+    t0 = time.time()
     val_metrics, last_eval = _validate_epoch(run, epoch)
+    record["val_time"] = time.time() - t0 if val_metrics else None
     current = val_metrics.get(run.metric_name)
     is_best = current is not None and current > state.best_metric
     if is_best:
