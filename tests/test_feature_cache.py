@@ -244,7 +244,8 @@ def test_cached_validation_names_the_videos_of_nonfinite_logits(data, tmp_path):
     store = FeatureStore(tmp_path, "val")
     build_feature_cache(model, views, store, cache_key(views, model="tcp_tiny", backbone=model.backbone,
                                                        dtype="float32", flip=True), device=torch.device("cpu"))
-    loader = torch.utils.data.DataLoader(IndexedSubset(CachedMapsDataset(views, store), range(len(views))), batch_size=2)
+    loader = torch.utils.data.DataLoader(IndexedSubset(CachedMapsDataset(views, store), range(len(views))),
+                                         batch_size=2)
     clips = torch.utils.data.DataLoader(IndexedSubset(VideoDataset.from_config(views.records, str(data),
                                         model.input_config, mode="val"), range(len(views))), batch_size=2)
     cpu = torch.device("cpu")

@@ -10,10 +10,12 @@ views (random segments, multi-scale crop, flip) drawn with ``np.random.default_r
 view, _VIEW_STREAM])``, so the same K views come out on every run. In epoch ``e`` video ``i``
 is seen as view :func:`pick_view` ``(seed, e, i, K)``, so a resumed run sees the same views.
 :class:`FixedViewDataset` gives those clips decoded (training without a cache on exactly the
-views a cache would hold); :class:`CachedMapsDataset` gives the stored maps.
+views a cache would hold); :class:`CachedMapsDataset` gives the stored maps. The val split is
+cached the same way with K=1: its view 0 is exactly the clip validation feeds the model, so
+validation runs the head and classifier on ``DIR/val.bin``.
 
-Files (:class:`FeatureStore`): ``DIR/<subset>.bin`` holds the maps as one raw array
-``(N, K, T', C, h, w)`` in ``data.cache_dtype``, read memory-mapped; ``DIR/<subset>.json`` is
+Files (:class:`FeatureStore`, one per subset: ``train``, ``val``): ``DIR/<subset>.bin`` holds the
+maps as one raw array ``(N, K, T', C, h, w)`` in ``data.cache_dtype``, read memory-mapped; ``DIR/<subset>.json`` is
 its index: the shape, the dtype and the key of what it was made from (:func:`cache_key`). Both
 are written to a temporary file and renamed into place, the index last, so a build killed at
 any point leaves no index and the next run rebuilds; temporary files left by a kill are removed.

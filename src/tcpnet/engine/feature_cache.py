@@ -1,7 +1,7 @@
 """Building the frozen backbone's feature cache (``data.cache_features``): every (video, view) clip
 of :class:`~tcpnet.data.feature_cache.FixedViews` through the backbone once, into a
-:class:`~tcpnet.data.feature_cache.FeatureStore`. Training then runs the model's
-:class:`~tcpnet.models.HeadClassifier` on the stored maps."""
+:class:`~tcpnet.data.feature_cache.FeatureStore`. Training (and validation, on the val split's
+cached centre views) then runs the model's :class:`~tcpnet.models.HeadClassifier` on the stored maps."""
 from __future__ import annotations
 
 import logging
