@@ -261,6 +261,30 @@ def test_the_scheduler_scores_the_newest_complete_window_and_counts_what_it_skip
     assert stats.processed + stats.dropped + stats.unused == 15
 
 
+def test_prefetch_runs_the_next_windows_frames_while_idle():
+    """While no window is due, the frames of the window that completes next go through the backbone;
+    that window then computes only its last frame, and its logits are the same."""
+    model = _model()
+    grid = WindowGrid(WINDOW, STRIDE, T)
+    cache = FrameFeatureCache(model)
+    sched = Scheduler(grid, cache, StreamStats(), lossless=False)
+    sched.add([_sample(j) for j in range(3)])
+    assert sched.due() == [] and sched.prefetch() == 3 and cache.backbone_frames == 3
+    assert sched.prefetch() == 0  # nothing new
+    sched.add([_sample(3)])
+    assert sched.due() == [0]
+    got = cache.logits([list(grid.window_segments(0))])
+    assert cache.backbone_frames == 4  # only the last frame at window time
+    plain = FrameFeatureCache(model)
+    plain.add(list(range(4)), torch.from_numpy(np.stack([_sample(j).rgb for j in range(4)])))
+    torch.testing.assert_close(got, plain.logits([list(range(4))]), rtol=0, atol=1e-6)
+    sched.mark_used(0)
+    sched.add([_sample(4)])  # window 1 (segments 1-4) is complete: scored at once, 1 new frame
+    assert sched.due() == [1]
+    cache.logits([list(grid.window_segments(1))])
+    assert cache.backbone_frames == 5
+
+
 @pytest.mark.slow
 def test_a_file_read_as_fast_as_possible_scores_every_window(tmp_path):
     from videos import make_frames, write_video

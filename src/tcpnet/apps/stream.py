@@ -145,6 +145,11 @@ class FrameQueue:
             self._cond.notify_all()
             return items
 
+    def empty(self) -> bool:
+        """Nothing is waiting to be taken (a snapshot: the decoder may put an item right after)."""
+        with self._cond:
+            return not self._items
+
     def close(self, error: Optional[BaseException] = None) -> None:
         """No more items (``error``: why the decoder stopped, if it failed)."""
         with self._cond:
@@ -360,6 +365,23 @@ class Scheduler:
         self.next_window = last + 1
         return windows
 
+    def prefetch(self) -> int:
+        """While no window is due: run a per-frame backbone on the arrived frames of the window that
+        completes next (segments from its start on), so that window then waits only for its last
+        frame. Frames of windows that are already complete are left to :meth:`due`. Returns the
+        number of frames computed."""
+        if not self.cache.shared or not self.pending:
+            return 0
+        t, step = self.grid.num_segments, self.grid.step
+        upcoming = max(self.next_window, (self.newest - t + 1) // step + 1)  # the next window to complete
+        keys = [j for j in sorted(self.pending) if j >= upcoming * step and j not in self.cache]
+        if keys:
+            self.cache.add(keys, torch.from_numpy(np.stack([self.pending[j].rgb for j in keys])))
+            before = self.cache.backbone_frames
+            self.cache.compute(keys)
+            return self.cache.backbone_frames - before
+        return 0
+
     def mark_used(self, k: int) -> float:
         """Window ``k`` was scored: count its new frames as processed; return its last frame's arrival."""
         segments = self.grid.window_segments(k)
@@ -472,6 +494,8 @@ class _Run:
             samples, ended = self.wait()
             self.scheduler.add(samples)
             self.score(emit)
+            if not ended and self.queue.empty():
+                self.scheduler.prefetch()  # idle: the next window's frames through the backbone now
 
     def close(self) -> StreamStats:
         self.decoder.stop.set()

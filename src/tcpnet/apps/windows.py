@@ -197,6 +197,14 @@ class FrameFeatureCache:
         if absent:
             raise KeyError(f"frames {absent[:5]} were never added (or were dropped)")
 
+    def compute(self, keys: Sequence[Hashable]) -> None:
+        """Run the backbone now on the added frames ``keys`` whose maps are not held yet (a
+        per-frame backbone only; a no-op otherwise): a live stream does this while it waits, so a
+        window then waits only for its last frame."""
+        if self.shared:
+            self._missing(keys)
+            self._compute_maps(keys)
+
     @torch.no_grad()
     def _compute_maps(self, keys: Sequence[Hashable]) -> None:
         todo = [k for k in dict.fromkeys(keys) if k not in self._maps]
