@@ -614,3 +614,24 @@ def test_output_equal_to_input_is_refused_before_writing(tmp_path, monkeypatch, 
                                "output path (nothing was written)"]
     assert ((tmp_path / "m.pt").read_bytes(), (tmp_path / "m.pt").stat().st_mtime_ns) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == listing
+
+
+@pytest.mark.parametrize("layout,model_name,fixture", [
+    ("videomae", "tcp_videomae_vit_small", "videomae/tiny_plain.safetensors"),
+    ("x3d", "tcp_x3d_s", "x3d/tiny.safetensors"),
+    ("swin3d", "tcp_swin3d_tiny", "swin3d/tiny.safetensors"),
+    ("tcpnet", "tcp_tiny", None),
+])
+def test_two_file_keys_for_one_model_key_are_refused_naming_both(layout, model_name, fixture):
+    """Every key map (our files, VideoMAE, X3D, Video Swin) places keys through one step that
+    refuses, naming both, a file whose two keys land on one model key (``x`` and ``module.x``)
+    instead of letting the later one overwrite the earlier silently."""
+    from safetensors.torch import load_file
+
+    with torch.device("meta"):
+        model = build_model(model_name, num_classes=3)
+    sd = load_file(str(REF / fixture)) if fixture else dict(build_model(model_name, num_classes=3).state_dict())
+    key = next(k for k in sd if k.endswith("weight"))
+    sd["module." + key] = sd[key]
+    with pytest.raises(CheckpointError, match=rf"file keys '{re.escape(key)}' and 'module\.{re.escape(key)}' both map"):
+        load_pretrained(model, sd)

@@ -160,6 +160,13 @@ class Conversion:
     converted_from: str = "tcpnet"
     pretraining_classifier: bool = False  # True when state["fc.*"] is an ImageNet classifier
 
+    def add(self, ours: str, file_key: str, value: torch.Tensor) -> None:
+        """Place the file's ``file_key`` at our key ``ours``; two file keys for one model key are
+        a CheckpointError naming both (a key map must never overwrite silently)."""
+        if ours in self.state:
+            raise CheckpointError(f"file keys {self.origin[ours]!r} and {file_key!r} both map to model key {ours!r}")
+        self.state[ours], self.origin[ours] = value, file_key
+
 
 def detect_layout(keys: Sequence[str]) -> str:
     """``authors``, ``tcpnet`` or ``imagenet`` from the key names (``module.`` ignored)."""
@@ -179,14 +186,6 @@ def _tsm_fallback(key: str, model_keys: Set[str]) -> str:
     if key not in model_keys and ".net." in key and key.replace(".net.", ".") in model_keys:
         return key.replace(".net.", ".")
     return key
-
-
-def _add(conv: Conversion, new: str, old: str, value: torch.Tensor) -> None:
-    if new in conv.state:
-        raise CheckpointError(
-            f"file keys {conv.origin[new]!r} and {old!r} both map to model key {new!r}")
-    conv.state[new] = value
-    conv.origin[new] = old
 
 
 def _convert_authors(sd: Mapping[str, torch.Tensor], model_keys: Set[str]) -> Conversion:
@@ -212,7 +211,7 @@ def _convert_authors(sd: Mapping[str, torch.Tensor], model_keys: Set[str]) -> Co
         if ours is None:
             conv.unmapped.append(k)
             continue
-        _add(conv, _tsm_fallback(ours, model_keys), k, sd[k])
+        conv.add(_tsm_fallback(ours, model_keys), k, sd[k])
     return conv
 
 
@@ -221,7 +220,7 @@ def _convert_tcpnet(sd: Mapping[str, torch.Tensor], model_keys: Set[str]) -> Con
     for k, v in sd.items():
         n = strip_module(k)
         if n.split(".", 1)[0] in ("backbone", "head", "fc"):
-            _add(conv, n, k, v)
+            conv.add(n, k, v)
         else:
             conv.unmapped.append(k)
     return conv
@@ -257,7 +256,7 @@ def _convert_imagenet(sd: Mapping[str, torch.Tensor], model_keys: Set[str]) -> C
             if new not in model_keys:
                 conv.unmapped.append(k)
                 continue
-        _add(conv, new, k, sd[k])
+        conv.add(new, k, sd[k])
     return conv
 
 

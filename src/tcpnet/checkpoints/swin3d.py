@@ -204,8 +204,6 @@ def convert_swin3d(sd: Mapping[str, torch.Tensor],
         ours = rename(key, final_norm)
         if ours is None:
             conv.unmapped.append(key)
-        elif ours in conv.state:
-            raise CheckpointError(f"file keys {conv.origin[ours]!r} and {key!r} both map to model key {ours!r}")
         else:
-            conv.state[ours], conv.origin[ours] = value, key
+            conv.add(ours, key, value)
     return conv, inflate_swin2d(conv, model_state) if two_d else []

@@ -26,7 +26,6 @@ from typing import Iterable, List, Mapping, Optional, Set, Tuple
 import torch
 
 from .convert import Conversion, strip_module
-from .io import CheckpointError
 
 __all__ = ["is_videomae", "videomae_to_ours", "convert_videomae"]
 
@@ -97,8 +96,6 @@ def convert_videomae(sd: Mapping[str, torch.Tensor],
             dropped.append((key, why))
         elif ours is None:
             conv.unmapped.append(key)
-        elif ours in conv.state:
-            raise CheckpointError(f"file keys {conv.origin[ours]!r} and {key!r} both map to model key {ours!r}")
         else:
-            conv.state[ours], conv.origin[ours] = value, key
+            conv.add(ours, key, value)
     return conv, dropped

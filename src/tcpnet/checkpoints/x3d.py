@@ -25,7 +25,6 @@ from typing import Iterable, List, Mapping, Optional, Tuple
 import torch
 
 from .convert import Conversion, strip_module
-from .io import CheckpointError
 
 __all__ = ["is_x3d", "x3d_to_ours", "convert_x3d"]
 
@@ -73,8 +72,6 @@ def convert_x3d(sd: Mapping[str, torch.Tensor],
             conv.unmapped.append(key)
         elif name.startswith(_HEAD_POOL) and not has_pool_head:
             dropped.append((key, _WHY_HEAD))
-        elif ours in conv.state:
-            raise CheckpointError(f"file keys {conv.origin[ours]!r} and {key!r} both map to model key {ours!r}")
         else:
-            conv.state[ours], conv.origin[ours] = value, key
+            conv.add(ours, key, value)
     return conv, dropped
